@@ -1,0 +1,1 @@
+"""Bridge-format data: the action formula, video I/O, annotation loading and training windows."""
