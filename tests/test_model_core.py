@@ -1,0 +1,204 @@
+"""The world model core: presets, causality, KV-cached rollout == uncached computation, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from worldsim.models.config import PRESETS, WorldModelConfig, get_preset
+from worldsim.models.dynamics import frame_mask_to_tokens, training_frame_mask
+from worldsim.models.flow import RectifiedFlow, sampling_times
+from worldsim.models.world_model import CheckpointError, WorldModel
+
+
+def random_model(name: str = "tiny", seed: int = 0) -> WorldModel:
+    """A model whose zero-initialised layers (AdaLN-Zero, action MLP, output) are randomised, so
+    every path through the network matters (a fresh model would hide bugs behind zeros)."""
+    torch.manual_seed(seed)
+    model = WorldModel(get_preset(name))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(std=0.05)
+    return model.eval()
+
+
+def sequence_inputs(cfg: WorldModelConfig, batch: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    Fr = cfg.num_frames
+    z = torch.randn(batch, 2 * Fr - 1, cfg.latent_channels, cfg.latent_height, cfg.latent_width, generator=g)
+    t = torch.rand(batch, 2 * Fr - 1, generator=g)
+    actions = torch.randn(batch, 2 * Fr - 1, cfg.action_dim, generator=g)
+    pos = torch.cat([torch.arange(Fr), torch.arange(1, Fr)])
+    mask = frame_mask_to_tokens(training_frame_mask(Fr, cfg.num_context_frames), cfg.tokens_per_frame)
+    return z, t, actions, pos, mask
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds_on_meta_device(name: str) -> None:
+    with torch.device("meta"):
+        model = WorldModel(get_preset(name))
+    n = sum(p.numel() for p in model.parameters())
+    assert n > 0
+    if name == "2b":
+        assert 1.8e9 <= n <= 2.3e9, f"2b preset has {n / 1e9:.2f} B parameters"
+
+
+def test_small_preset_is_at_least_128x160() -> None:
+    cfg = get_preset("small")
+    assert cfg.height >= 128 and cfg.width >= 160
+
+
+def test_bad_config_is_rejected_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="multiple of heads"):
+        get_preset("tiny", dim=65)
+    with pytest.raises(ValueError, match="gripper_signal"):
+        get_preset("tiny", gripper_signal="closed")
+
+
+def test_training_mask_is_block_causal_with_window() -> None:
+    m = training_frame_mask(6, window=2)  # [clean 0..5, noisy 1..5]
+    assert m[0, 0] and not m[0, 1]  # clean_0 sees only itself
+    assert m[3, 1] and m[3, 3] and not m[3, 0] and not m[3, 4]  # clean_3 sees clean_1..3
+    noisy_3 = 6 + 2
+    assert m[noisy_3, 1] and m[noisy_3, 2] and not m[noisy_3, 3]  # clean_1..2 but not its own clean frame
+    assert m[noisy_3, noisy_3] and not m[noisy_3, noisy_3 - 1]  # itself, no other noisy frame
+
+
+@pytest.mark.parametrize("what", ["action", "frame"])
+def test_changing_step_k_never_changes_earlier_predictions(what: str) -> None:
+    model = random_model()
+    cfg = model.cfg
+    Fr, k = cfg.num_frames, 5
+    z, t, actions, pos, mask = sequence_inputs(cfg)
+    with torch.no_grad():
+        before, _ = model.dynamics(z, t, actions, pos, mask)
+        z2, a2 = z.clone(), actions.clone()
+        # frame k appears as clean_k (index k) and noisy_k (index Fr - 1 + k); so does its action
+        for index in (k, Fr - 1 + k):
+            if what == "action":
+                a2[:, index] += 1.0
+            else:
+                z2[:, index] += 1.0
+        after, _ = model.dynamics(z2, t, a2, pos, mask)
+    frame_of = torch.cat([torch.arange(Fr), torch.arange(1, Fr)])
+    earlier = frame_of < k
+    assert torch.equal(before[:, earlier], after[:, earlier])
+    assert not torch.allclose(before[:, frame_of == k], after[:, frame_of == k])
+
+
+def test_kv_cached_rollout_matches_uncached_full_sequence() -> None:
+    model = random_model()
+    cfg = model.cfg
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, cfg.height, cfg.width, 3), dtype=np.uint8)
+    actions = rng.normal(0, 0.02, (cfg.num_context_frames + 4, 2, 7))  # past the window: the ring wraps
+    latents = {}
+    for use_cache in (True, False):
+        rollout = model.rollout(batch_size=2, use_cache=use_cache, seed=3)
+        rollout.reset(frames)
+        latents[use_cache] = []
+        for a in actions:
+            rollout.step(a)
+            latents[use_cache].append(rollout.latents.clone())
+    for step, (cached, full) in enumerate(zip(latents[True], latents[False])):
+        err = (cached - full).abs().max().item()
+        assert err < 1e-4, f"step {step}: cached and uncached latents differ by {err}"
+
+
+def test_same_seed_gives_identical_rollout_and_other_seed_differs() -> None:
+    model = random_model()
+    cfg = model.cfg
+    frames = np.full((1, cfg.height, cfg.width, 3), 100, dtype=np.uint8)
+    actions = np.tile([0.01, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], (4, 1, 1))
+
+    def run(seed: int) -> np.ndarray:
+        rollout = model.rollout(batch_size=1, seed=seed)
+        rollout.reset(frames)
+        return np.stack([rollout.step(a) for a in actions])
+
+    assert np.array_equal(run(7), run(7))
+    assert not np.array_equal(run(7), run(8))
+
+
+def test_partial_reset_leaves_other_worlds_untouched() -> None:
+    model = random_model()
+    cfg = model.cfg
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (2, cfg.height, cfg.width, 3), dtype=np.uint8)
+    a = rng.normal(0, 0.02, (2, 7))
+    r = model.rollout(batch_size=2, seed=0)
+    r.reset(frames)
+    r.step(a)
+    k_before = [k[1].clone() for k in r.cache_k]
+    r.reset(frames[:1], which=np.array([True, False]))
+    assert all(torch.equal(k[1], kb) for k, kb in zip(r.cache_k, k_before))
+    assert r.slot_valid[0].sum() == 1 and r.slot_valid[1].sum() == 2
+
+
+def test_bad_actions_get_clear_errors() -> None:
+    model = random_model()
+    cfg = model.cfg
+    r = model.rollout(batch_size=2)
+    with pytest.raises(RuntimeError, match="reset"):
+        r.step(np.zeros((2, 7)))
+    r.reset(np.zeros((2, cfg.height, cfg.width, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"shape \(2, 7\)"):
+        r.step(np.zeros((2, 6)))
+    bad = np.zeros((2, 7))
+    bad[1, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        r.step(bad)
+    with pytest.raises(ValueError, match="reset frames"):
+        r.reset(np.zeros((2, cfg.height + 8, cfg.width, 3), dtype=np.uint8))
+
+
+def test_sampling_times_run_from_noise_to_data() -> None:
+    for shift in (1.0, 3.0):
+        t = sampling_times(4, shift)
+        assert t[0] == 1.0 and t[-1] == 0.0 and bool((t[1:] < t[:-1]).all())
+
+
+def test_safetensors_round_trip_gives_identical_outputs(tmp_path) -> None:
+    model = random_model()
+    cfg = model.cfg
+    start = {"images": np.zeros((3, cfg.height, cfg.width, 3), np.uint8), "ee_states": np.zeros((3, 7))}
+    model.save_pretrained(tmp_path / "bundle", start_frames=start)
+    loaded = WorldModel.from_pretrained(tmp_path / "bundle")
+    assert loaded.cfg == cfg
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert WorldModel.start_frames(tmp_path / "bundle")["images"].shape == (3, cfg.height, cfg.width, 3)
+    with pytest.raises(CheckpointError, match="not found"):
+        WorldModel.from_pretrained(tmp_path / "nowhere")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="junk.safetensors"):
+        WorldModel.from_pretrained(tmp_path / "junk.safetensors")
+
+
+def test_zero_initialised_action_layers_start_silent_then_learn() -> None:
+    """A fresh model ignores actions exactly (so video2world post-trains smoothly); training opens them."""
+    torch.manual_seed(0)
+    model = WorldModel(get_preset("tiny"))
+    cfg = model.cfg
+    flow = RectifiedFlow(cfg)
+    z = torch.randn(2, cfg.num_frames, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
+    a = torch.randn(2, cfg.num_frames - 1, cfg.action_dim)
+    t = torch.rand(2, cfg.num_frames)
+    with torch.no_grad():
+        assert torch.equal(
+            model.dynamics.conditioning(t, a[:, :1].expand(-1, cfg.num_frames, -1), None),
+            model.dynamics.conditioning(t, None, None),
+        )
+    opt = torch.optim.AdamW(model.dynamics.parameters(), lr=1e-3)
+    for _ in range(5):
+        loss, logs = flow.loss(model.dynamics, z, a)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert np.isfinite(logs["flow_mse"])
+    assert model.dynamics.action_embed.fc2.weight.abs().sum() > 0
+    with torch.no_grad():
+        conditioned = model.dynamics.conditioning(t, a[:, :1].expand(-1, cfg.num_frames, -1), None)
+        assert not torch.allclose(conditioned, model.dynamics.conditioning(t, None, None))

@@ -1,0 +1,81 @@
+"""Rectified flow: noising, the training loss and the sampling schedule. The network never sees this.
+
+x_t = (1 - t) * x0 + t * eps, the network predicts the velocity v = eps - x0 (Liu et al. 2022,
+"Flow straight and fast"; SD3's logit-normal t). Training follows the KV-cached rollout exactly: a
+clean context stream (each frame lightly noised, its level an input: noise augmentation) and a noisy
+stream whose frames each have their own t (diffusion forcing), laid out by `training_frame_mask`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from worldsim.models.config import WorldModelConfig
+from worldsim.models.dynamics import DynamicsTransformer, frame_mask_to_tokens, training_frame_mask
+
+
+def add_noise(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """x_t = (1 - t) x0 + t noise, with t broadcast from (B, F) over (B, F, C, h, w)."""
+    t = t.to(x0.dtype)[..., None, None, None]
+    return (1 - t) * x0 + t * noise
+
+
+def sampling_times(steps: int, shift: float = 1.0, device: torch.device | None = None) -> torch.Tensor:
+    """Decreasing flow times t_0 = 1 > ... > t_steps = 0 (SD3's shift warps the uniform grid)."""
+    t = torch.linspace(1.0, 0.0, steps + 1, device=device)
+    return shift * t / (1 + (shift - 1) * t)
+
+
+@dataclass
+class RectifiedFlow:
+    """The flow-matching objective for a `DynamicsTransformer`."""
+
+    cfg: WorldModelConfig
+
+    def sample_t(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """Logit-normal flow times (SD3): sigmoid of a standard normal, favouring the middle."""
+        return torch.sigmoid(torch.randn(shape, device=device))
+
+    def loss(
+        self,
+        net: DynamicsTransformer,
+        latents: torch.Tensor,
+        actions: torch.Tensor | None,
+        drop_actions: bool = False,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Velocity MSE on the predicted frames 1..F-1 of a window.
+
+        latents: (B, F, C, h, w) normalised clean latents; actions: (B, F-1, A) scaled actions, action
+        k leading from frame k to frame k+1, or None for video2world training (no actions).
+        """
+        cfg = self.cfg
+        B, Fr = latents.shape[:2]
+        device = latents.device
+        # Clean stream: every frame, lightly noised (noise augmentation keeps long rollouts stable).
+        tau = torch.rand(B, Fr, device=device) * cfg.context_noise_max
+        clean_in = add_noise(latents, tau, torch.randn_like(latents))
+        # Noisy stream: frames 1..F-1, each with its own t (diffusion forcing).
+        t = self.sample_t((B, Fr - 1), device)
+        noise = torch.randn_like(latents[:, 1:])
+        noisy = add_noise(latents[:, 1:], t, noise)
+
+        z = torch.cat([clean_in, noisy], dim=1)  # (B, 2F-1, C, h, w)
+        times = torch.cat([tau, t], dim=1)
+        frame_pos = torch.cat([torch.arange(Fr, device=device), torch.arange(1, Fr, device=device)])
+        seq_actions = seq_mask = None
+        if actions is not None and not drop_actions:
+            none = torch.zeros_like(actions[:, :1])  # frame 0 has no action leading into it
+            seq_actions = torch.cat([none, actions, actions], dim=1)  # (B, 2F-1, A)
+            keep = (torch.rand(B, device=device) >= cfg.action_dropout).float()  # per-sample dropout
+            seq_mask = torch.ones(B, 2 * Fr - 1, device=device) * keep[:, None]
+            seq_mask[:, 0] = 0.0
+        mask = frame_mask_to_tokens(
+            training_frame_mask(Fr, cfg.num_context_frames, device), net.cfg.tokens_per_frame
+        )
+        v_pred, _ = net(z, times, seq_actions, frame_pos, mask, action_mask=seq_mask)
+        target = noise - latents[:, 1:]
+        loss = F.mse_loss(v_pred[:, Fr:].float(), target.float())
+        return loss, {"flow_mse": loss.item()}

@@ -1,0 +1,253 @@
+"""The rollout engine: the one routine that steps a world model (env, vector env, app, infer, eval).
+
+A `Rollout` holds a batch of B worlds. It keeps a KV cache of each world's last K committed frames
+(a ring of K slots, one per frame), and for each step:
+  1. denoises the new frame's latents in S Euler steps, the new tokens attending to the cache;
+  2. commits the frame: one more pass over its (lightly re-noised) latents writes its keys and values
+     into the oldest slot — exactly the attention pattern `training_frame_mask` trains;
+  3. decodes the latents to pixels.
+Chunk mode (1 conditioning frame + 12 actions -> 12 frames, Cosmos's sample shape) is `step` run 12
+times. Worlds in a batch may be reset independently (gymnasium autoreset).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from worldsim.data.actions import env_action_to_model
+from worldsim.models.dynamics import rope_tables
+from worldsim.models.flow import add_noise, sampling_times
+from worldsim.models.world_model import WorldModel
+
+
+class Rollout:
+    """B worlds stepped together by one `WorldModel`; see the module docstring."""
+
+    def __init__(
+        self,
+        model: WorldModel,
+        batch_size: int = 1,
+        denoise_steps: int | None = None,
+        num_context_frames: int | None = None,
+        context_noise: float | None = None,
+        guidance: float = 1.0,
+        use_cache: bool = True,
+        seed: int | None = None,
+    ) -> None:
+        cfg = model.cfg
+        self.model, self.cfg, self.batch_size = model, cfg, batch_size
+        self.denoise_steps = denoise_steps or cfg.denoise_steps
+        self.window = num_context_frames or cfg.num_context_frames  # K; the model was trained with cfg's
+        self.context_noise = cfg.context_noise if context_noise is None else context_noise
+        self.guidance = guidance
+        self.use_cache = use_cache
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(0 if seed is None else seed)
+        dyn = model.dynamics
+        self.N = cfg.tokens_per_frame
+        self.latent_shape = (cfg.latent_channels, cfg.latent_height, cfg.latent_width)
+        H, Dh, K = cfg.heads, dyn.head_dim, self.window
+        shape = (batch_size, H, (K + 1) * self.N, Dh)  # K ring slots, then scratch for the new frame
+        self.cache_k = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in dyn.blocks]
+        self.cache_v = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in dyn.blocks]
+        self.slot_valid = torch.zeros(batch_size, K, dtype=torch.bool, device=self.device)
+        self.frame_index = 0  # global frame counter: the RoPE time position of the next committed frame
+        self.times = sampling_times(self.denoise_steps, cfg.time_shift, self.device)
+        # Without a cache (the reference path for tests and benchmarks): every committed frame since
+        # reset, re-run through the network at every denoising step. (z, actions, action_mask, index)
+        self.history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
+        self.latents: torch.Tensor | None = None  # (B, C, h, w) latents of the current frame
+        self._rope_index, self._rope_tables = -1, None
+
+    # ----------------------------------------------------------------------------------- public
+    @torch.inference_mode()
+    def reset(
+        self, frames: np.ndarray | torch.Tensor, which: np.ndarray | torch.Tensor | None = None
+    ) -> None:
+        """Start worlds from frames: uint8 (B, H, W, 3) at the model's resolution, or for the worlds
+        selected by the bool mask / indices `which`, frames for just those worlds."""
+        idx = self._indices(which)
+        x = _to_model_frames(frames, self.device, self.dtype)  # (b, 3, H, W) in [-1, 1]
+        if x.shape[0] != len(idx) or tuple(x.shape[-2:]) != (self.cfg.height, self.cfg.width):
+            raise ValueError(
+                f"reset frames must be ({len(idx)}, {self.cfg.height}, {self.cfg.width}, 3) uint8, got {tuple(frames.shape)}"
+            )
+        latents = self.model.tokenizer.encode(x)  # (b, C, h, w)
+        self.slot_valid[idx] = False
+        if not self.use_cache:
+            if len(idx) != self.batch_size:
+                raise ValueError("the uncached reference rollout resets all worlds at once")
+            self.history = []
+        no_action = torch.zeros(len(idx), self.cfg.action_dim, device=self.device, dtype=self.dtype)
+        self._commit(latents, no_action, torch.zeros(len(idx), device=self.device), idx)
+        if self.latents is None:
+            self.latents = torch.zeros(
+                self.batch_size, *self.latent_shape, device=self.device, dtype=self.dtype
+            )
+        self.latents[idx] = latents
+        self.frame_index += 1
+
+    @torch.inference_mode()
+    def step(self, actions: np.ndarray | torch.Tensor, env_convention: bool = True) -> np.ndarray:
+        """Advance every world by one action; returns the new frames, uint8 (B, H, W, 3).
+
+        actions: (B, 7). With `env_convention` they are Bridge JSON actions (gripper 1 = open,
+        unscaled), converted as the model was trained; else already-scaled model inputs.
+        """
+        if self.latents is None:
+            raise RuntimeError("call reset(frames) before step(actions)")
+        a = self._check_actions(actions, env_convention)  # (B, A)
+        latents = self.denoise(a)
+        self._commit(
+            latents, a, torch.ones(self.batch_size, device=self.device), torch.arange(self.batch_size)
+        )
+        self.latents = latents
+        self.frame_index += 1
+        return self.decode(latents)
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor | None = None) -> np.ndarray:
+        """Latents (B, C, h, w) (default: the current frame) -> uint8 frames (B, H, W, 3)."""
+        x = self.model.tokenizer.decode(self.latents if latents is None else latents)
+        return (
+            ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        )
+
+    # --------------------------------------------------------------------------------- internals
+    def denoise(self, actions: torch.Tensor) -> torch.Tensor:
+        """S Euler steps from pure noise to the next frame's latents (B, C, h, w)."""
+        B = self.batch_size
+        x = torch.randn(
+            B, 1, *self.latent_shape, generator=self.generator, device=self.device, dtype=self.dtype
+        )
+        a = actions[:, None]  # (B, 1, A)
+        ones = torch.ones(B, 1, device=self.device)
+        for t_now, t_next in zip(self.times[:-1], self.times[1:]):
+            t = torch.full((B, 1), float(t_now), device=self.device)
+            v = self._velocity(x, t, a, ones)
+            if self.guidance != 1.0:  # action guidance: push away from the unconditional prediction
+                v_uncond = self._velocity(x, t, a, torch.zeros_like(ones))
+                v = v_uncond + self.guidance * (v - v_uncond)
+            x = x + (t_next - t_now) * v
+        return x[:, 0]
+
+    def _velocity(
+        self, x: torch.Tensor, t: torch.Tensor, a: torch.Tensor, action_mask: torch.Tensor
+    ) -> torch.Tensor:
+        if not self.use_cache:
+            return self._velocity_uncached(x, t, a, action_mask)
+        v, _ = self.model.dynamics(
+            x,
+            t,
+            a,
+            None,
+            self._cache_mask(torch.arange(self.batch_size)),
+            action_mask=action_mask,
+            past_kv=list(zip(self.cache_k, self.cache_v)),
+            rope=self._rope(),
+        )
+        return v
+
+    def _rope(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE tables of the frame being made, computed once per frame index."""
+        if self._rope_index != self.frame_index:
+            pos = torch.tensor([self.frame_index], device=self.device)
+            self._rope_tables = rope_tables(pos, *self.model.dynamics.grid, self.model.dynamics.head_dim)
+            self._rope_index = self.frame_index
+        return self._rope_tables
+
+    def _commit(
+        self, latents: torch.Tensor, actions: torch.Tensor, action_mask: torch.Tensor, idx: torch.Tensor
+    ) -> None:
+        """Write the K/V of frames (b, C, h, w) of worlds `idx` into the ring slot of this frame index."""
+        b = len(idx)
+        if self.context_noise > 0:
+            eps = torch.randn(latents.shape, generator=self.generator, device=self.device, dtype=self.dtype)
+            z = add_noise(
+                latents[:, None], torch.full((b, 1), self.context_noise, device=self.device), eps[:, None]
+            )
+        else:
+            z = latents[:, None]
+        t = torch.full((b, 1), self.context_noise, device=self.device)
+        if not self.use_cache:
+            self.history.append((z, actions[:, None], action_mask[:, None], self.frame_index))
+            return
+        full = len(idx) == self.batch_size  # indexing copies the buffers: only when a subset resets
+        _, kv = self.model.dynamics(
+            z,
+            t,
+            actions[:, None],
+            None,
+            self._cache_mask(idx),
+            action_mask=action_mask[:, None],
+            past_kv=[(k, v) if full else (k[idx], v[idx]) for k, v in zip(self.cache_k, self.cache_v)],
+            rope=self._rope(),
+        )
+        slot = self.frame_index % self.window
+        span = slice(slot * self.N, (slot + 1) * self.N)
+        for (k_new, v_new), k_buf, v_buf in zip(kv, self.cache_k, self.cache_v):
+            k_buf[idx, :, span] = k_new
+            v_buf[idx, :, span] = v_new
+        self.slot_valid[idx, slot] = True
+
+    def _cache_mask(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """(b, 1, 1, (K+1)*N) bool: valid ring slots, then the new frame (scratch); None when all valid."""
+        valid = self.slot_valid[idx]
+        if bool(valid.all()):
+            return None
+        cache = valid.repeat_interleave(self.N, dim=1)  # (b, K*N)
+        self_part = torch.ones(len(idx), self.N, dtype=torch.bool, device=self.device)
+        return torch.cat([cache, self_part], dim=1)[:, None, None, :]
+
+    # ---- uncached reference path: recompute every frame since reset at every denoising step
+    def _velocity_uncached(
+        self, x: torch.Tensor, t: torch.Tensor, a: torch.Tensor, action_mask: torch.Tensor
+    ) -> torch.Tensor:
+        B, N = self.batch_size, self.N
+        zs = torch.cat([h[0] for h in self.history] + [x], dim=1)  # (B, F, C, h, w)
+        acts = torch.cat([h[1] for h in self.history] + [a], dim=1)  # (B, F, A)
+        amask = torch.cat([h[2] for h in self.history] + [action_mask], dim=1)  # (B, F)
+        ctx_t = torch.full((B, len(self.history)), self.context_noise, device=self.device)
+        times = torch.cat([ctx_t, t], dim=1)
+        pos = torch.tensor([h[3] for h in self.history] + [self.frame_index], device=self.device)
+        # The cache's rule as a mask: frame f attends frame g iff 0 <= pos_f - pos_g <= K.
+        d = pos[:, None] - pos[None, :]
+        frame_mask = (d >= 0) & (d <= self.window)
+        mask = frame_mask.repeat_interleave(N, 0).repeat_interleave(N, 1)[None, None]
+        v, _ = self.model.dynamics(zs, times, acts, pos, mask, action_mask=amask)
+        return v[:, -1:]
+
+    def _indices(self, which: np.ndarray | torch.Tensor | None) -> torch.Tensor:
+        if which is None:
+            return torch.arange(self.batch_size)
+        w = torch.as_tensor(np.asarray(which))
+        return torch.nonzero(w).flatten() if w.dtype == torch.bool else w.long()
+
+    def _check_actions(self, actions: np.ndarray | torch.Tensor, env_convention: bool) -> torch.Tensor:
+        a = np.asarray(
+            actions.detach().cpu() if isinstance(actions, torch.Tensor) else actions, dtype=np.float64
+        )
+        if a.shape != (self.batch_size, self.cfg.action_dim):
+            raise ValueError(
+                f"actions must have shape ({self.batch_size}, {self.cfg.action_dim}), got {a.shape}"
+            )
+        if not np.isfinite(a).all():
+            raise ValueError("actions contain NaN or inf")
+        if env_convention:
+            a = env_action_to_model(a, self.cfg.action_scaler)
+        return torch.as_tensor(a, device=self.device, dtype=self.dtype)
+
+
+def _to_model_frames(
+    frames: np.ndarray | torch.Tensor, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> (B, 3, H, W) in [-1, 1]."""
+    x = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 (B, H, W, 3), got shape {tuple(x.shape)}")
+    return (x.to(device=device, dtype=torch.float32).permute(0, 3, 1, 2) / 127.5 - 1.0).to(dtype)

@@ -1,0 +1,150 @@
+"""The world model as one object: tokenizer + dynamics + config, saved and loaded as safetensors.
+
+A bundle is a folder (or a single .safetensors file) holding `model.safetensors` whose metadata
+carries the `WorldModelConfig` JSON; loading never unpickles code. Optional start frames
+(`start_frames.npz`: images uint8 (S, H, W, 3) and ee_states (S, 7)) ship beside the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from worldsim.models.config import WorldModelConfig
+from worldsim.models.dynamics import DynamicsTransformer
+from worldsim.models.tokenizer import Tokenizer
+
+WEIGHTS_NAME = "model.safetensors"
+START_FRAMES_NAME = "start_frames.npz"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "bridge_small"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable or does not match the model; the message names the file."""
+
+
+class WorldModel(nn.Module):
+    """Tokenizer and dynamics transformer of one `WorldModelConfig`."""
+
+    def __init__(self, cfg: WorldModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = Tokenizer(cfg)
+        self.dynamics = DynamicsTransformer(cfg)
+
+    def rollout(self, batch_size: int = 1, **kwargs):  # noqa: ANN201 - avoid an import cycle in the hint
+        """A new `Rollout` session over this model (see worldsim/models/rollout.py)."""
+        from worldsim.models.rollout import Rollout
+
+        return Rollout(self, batch_size=batch_size, **kwargs)
+
+    # ------------------------------------------------------------------------------ save / load
+    def save_pretrained(
+        self,
+        path: str | os.PathLike,
+        start_frames: dict[str, np.ndarray] | None = None,
+        dtype: torch.dtype | None = None,
+        extra_metadata: dict[str, str] | None = None,
+    ) -> Path:
+        """Write `path/model.safetensors` (config in its metadata) atomically, and the start frames."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+            for k, v in self.state_dict().items()
+        }
+        metadata = {"config": self.cfg.to_json(), "format": "worldsim", **(extra_metadata or {})}
+        _atomic(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        if start_frames is not None:
+            images = np.asarray(start_frames["images"], dtype=np.uint8)
+            ee = np.asarray(start_frames["ee_states"], dtype=np.float32)
+            _atomic(
+                path / START_FRAMES_NAME,
+                lambda tmp: np.savez_compressed(open(tmp, "wb"), images=images, ee_states=ee),
+            )
+        return path
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> WorldModel:
+        """Load a bundle folder or .safetensors file (default: the bundled model) in eval mode."""
+        file = resolve_weights(path)
+        cfg = read_config(file)
+        model = cls(cfg)
+        try:
+            state = load_file(str(file))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{file}: cannot read safetensors weights ({e})") from e
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{file}: weights do not match config {cfg.name!r} (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
+        return model.to(device=device, dtype=dtype).eval()
+
+    @staticmethod
+    def start_frames(path: str | os.PathLike | None = None) -> dict[str, np.ndarray] | None:
+        """The start frames shipped beside a bundle's weights, or None."""
+        file = resolve_weights(path).parent / START_FRAMES_NAME
+        if not file.exists():
+            return None
+        with np.load(file, allow_pickle=False) as data:
+            return {"images": data["images"], "ee_states": data["ee_states"]}
+
+
+def resolve_weights(path: str | os.PathLike | None) -> Path:
+    """Bundle folder or file -> the safetensors file; None -> the bundled default model."""
+    p = Path(path) if path is not None else DEFAULT_CHECKPOINT
+    if p.is_dir():
+        p = p / WEIGHTS_NAME
+    if not p.exists():
+        hint = (
+            " (the bundled model is missing: reinstall worldsim or pass checkpoint=PATH)"
+            if path is None
+            else ""
+        )
+        raise CheckpointError(f"{p}: checkpoint not found{hint}")
+    if p.suffix != ".safetensors":
+        raise CheckpointError(f"{p}: expected a .safetensors file or a folder holding {WEIGHTS_NAME}")
+    return p
+
+
+def read_config(file: Path) -> WorldModelConfig:
+    """The `WorldModelConfig` stored in a safetensors file's metadata."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(file), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from e
+    if "config" not in meta:
+        raise CheckpointError(f"{file}: no 'config' in the safetensors metadata (not a worldsim export)")
+    try:
+        return WorldModelConfig.from_json(meta["config"])
+    except (ValueError, TypeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{file}: bad 'config' metadata ({e})") from e
+
+
+def _atomic(path: Path, write) -> None:  # noqa: ANN001
+    """Call write(tmp_path) then rename over `path`, so readers never see a half-written file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
