@@ -148,3 +148,25 @@ def _atomic(path: Path, write) -> None:  # noqa: ANN001
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+_LOADED: dict[tuple[str, str, str], WorldModel] = {}
+
+
+def load_shared(
+    path: str | os.PathLike | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> WorldModel:
+    """`WorldModel.from_pretrained`, loaded once per (file, device, dtype) and shared: many envs, app
+    sessions or vector envs hold their own `Rollout` (KV cache) over one set of weights."""
+    file = resolve_weights(path).resolve()
+    key = (str(file), str(torch.device(device)), str(dtype))
+    if key not in _LOADED:
+        _LOADED[key] = WorldModel.from_pretrained(file, device=device, dtype=dtype)
+    return _LOADED[key]
+
+
+def best_device(device: str = "auto") -> torch.device:
+    """'auto' -> cuda if available, else cpu; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
