@@ -205,7 +205,8 @@ class DynamicsTransformer(nn.Module):
         self, t: torch.Tensor, actions: torch.Tensor | None, action_mask: torch.Tensor | None
     ) -> torch.Tensor:
         """Per-frame conditioning (B, F, D) from flow times t (B, F) and actions (B, F, A) (masked by (B, F))."""
-        cond = self.time_embed(timestep_embedding(t, 256))
+        dtype = self.patch_embed.weight.dtype  # bf16 under mixed precision: the sinusoids are made in fp32
+        cond = self.time_embed(timestep_embedding(t, 256).to(dtype))
         if actions is not None:
             a = self.action_embed(actions.to(cond.dtype))
             cond = cond + (a if action_mask is None else a * action_mask[..., None].to(a.dtype))

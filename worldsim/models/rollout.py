@@ -12,6 +12,8 @@ times. Worlds in a batch may be reset independently (gymnasium autoreset).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -46,6 +48,7 @@ class Rollout:
         self.device, self.dtype = p.device, p.dtype
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(0 if seed is None else seed)
+        self.world_generators: list[torch.Generator] | None = None  # per-world streams; see seed_worlds
         dyn = model.dynamics
         self.N = cfg.tokens_per_frame
         self.latent_shape = (cfg.latent_channels, cfg.latent_height, cfg.latent_width)
@@ -77,6 +80,9 @@ class Rollout:
             )
         latents = self.model.tokenizer.encode(x)  # (b, C, h, w)
         self.slot_valid[idx] = False
+        # A partial reset puts the new start frame in place of these worlds' current frame (position
+        # frame_index - 1): advancing the shared clock would leave every other world a gap in time.
+        self.frame_index -= int(self.latents is not None and len(idx) < self.batch_size)
         if not self.use_cache:
             if len(idx) != self.batch_size:
                 raise ValueError("the uncached reference rollout resets all worlds at once")
@@ -89,6 +95,21 @@ class Rollout:
             )
         self.latents[idx] = latents
         self.frame_index += 1
+
+    def seed_worlds(self, seeds: Sequence[int], which: np.ndarray | torch.Tensor | None = None) -> None:
+        """Give the worlds `which` (default all) their own noise streams, seeded by `seeds`.
+
+        From then on each world draws its noise from its own CPU generator (worlds not seeded yet start
+        from seed 0), so a world's frames do not depend on the batch it is in or on the device: a vector
+        env of N worlds reproduces N single envs.
+        """
+        idx = self._indices(which)
+        if len(seeds) != len(idx):
+            raise ValueError(f"seed_worlds: {len(seeds)} seeds for {len(idx)} worlds")
+        if self.world_generators is None:
+            self.world_generators = [torch.Generator().manual_seed(0) for _ in range(self.batch_size)]
+        for i, s in zip(idx.tolist(), seeds):
+            self.world_generators[i].manual_seed(int(s))
 
     @torch.inference_mode()
     def step(self, actions: np.ndarray | torch.Tensor, env_convention: bool = True) -> np.ndarray:
@@ -120,9 +141,7 @@ class Rollout:
     def denoise(self, actions: torch.Tensor) -> torch.Tensor:
         """S Euler steps from pure noise to the next frame's latents (B, C, h, w)."""
         B = self.batch_size
-        x = torch.randn(
-            B, 1, *self.latent_shape, generator=self.generator, device=self.device, dtype=self.dtype
-        )
+        x = self._noise((1, *self.latent_shape), torch.arange(B))  # (B, 1, C, h, w)
         a = actions[:, None]  # (B, 1, A)
         ones = torch.ones(B, 1, device=self.device)
         for t_now, t_next in zip(self.times[:-1], self.times[1:]):
@@ -165,7 +184,7 @@ class Rollout:
         """Write the K/V of frames (b, C, h, w) of worlds `idx` into the ring slot of this frame index."""
         b = len(idx)
         if self.context_noise > 0:
-            eps = torch.randn(latents.shape, generator=self.generator, device=self.device, dtype=self.dtype)
+            eps = self._noise(self.latent_shape, idx)  # (b, C, h, w)
             z = add_noise(
                 latents[:, None], torch.full((b, 1), self.context_noise, device=self.device), eps[:, None]
             )
@@ -192,6 +211,15 @@ class Rollout:
             k_buf[idx, :, span] = k_new
             v_buf[idx, :, span] = v_new
         self.slot_valid[idx, slot] = True
+
+    def _noise(self, shape: tuple[int, ...], idx: torch.Tensor) -> torch.Tensor:
+        """Standard normal (len(idx), *shape): from the shared generator, or each world's own stream."""
+        if self.world_generators is None:
+            return torch.randn(
+                len(idx), *shape, generator=self.generator, device=self.device, dtype=self.dtype
+            )
+        x = torch.stack([torch.randn(shape, generator=self.world_generators[i]) for i in idx.tolist()])
+        return x.to(device=self.device, dtype=self.dtype)
 
     def _cache_mask(self, idx: torch.Tensor) -> torch.Tensor | None:
         """(b, 1, 1, (K+1)*N) bool: valid ring slots, then the new frame (scratch); None when all valid."""
