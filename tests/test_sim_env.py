@@ -6,8 +6,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
-from worldsim.envs.bridge_sim import BridgeSimEnv
 
+from worldsim.envs.bridge_sim import BridgeSimEnv
 from worldsim.sim.policies import make_policy
 from worldsim.sim.spaces import bridge_action_space, bridge_observation_space
 
