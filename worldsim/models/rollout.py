@@ -58,7 +58,9 @@ class Rollout:
         self.cache_v = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in dyn.blocks]
         self.slot_valid = torch.zeros(batch_size, K, dtype=torch.bool, device=self.device)
         self.frame_index = 0  # global frame counter: the RoPE time position of the next committed frame
-        self.times = sampling_times(self.denoise_steps, cfg.time_shift, self.device)
+        # Python floats: the times are constants of the sampling loop (no device sync, graph-capturable)
+        self.times_list = sampling_times(self.denoise_steps, cfg.time_shift).tolist()
+        self.cuda_graph = None  # set by enable_cuda_graph()
         # Without a cache (the reference path for tests and benchmarks): every committed frame since
         # reset, re-run through the network at every denoising step. (z, actions, action_mask, index)
         self.history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
@@ -121,31 +123,77 @@ class Rollout:
         if self.latents is None:
             raise RuntimeError("call reset(frames) before step(actions)")
         a = self._check_actions(actions, env_convention)  # (B, A)
-        latents = self.denoise(a)
-        self._commit(
-            latents, a, torch.ones(self.batch_size, device=self.device), torch.arange(self.batch_size)
-        )
+        every = torch.arange(self.batch_size)
+        noise = self._noise((1, *self.latent_shape), every)  # (B, 1, C, h, w)
+        eps = self._noise(self.latent_shape, every) if self.context_noise > 0 else None  # commit noise
+        if self.cuda_graph is not None and self.use_cache and self.guidance == 1.0:
+            latents, frames = self.cuda_graph.replay(a, noise, eps)
+        elif self.use_cache and self.guidance == 1.0:
+            latents, frames = self.advance(
+                a, noise, eps, self._cache_mask(every), self._rope(), self._slot_tokens()
+            )
+        else:  # guidance or the uncached reference path
+            latents = self.denoise(a, noise)
+            self._commit(latents, a, torch.ones(self.batch_size, device=self.device), every, eps)
+            frames = self._to_uint8(self.model.tokenizer.decode(latents))
+        self.slot_valid[:, self.frame_index % self.window] = True
         self.latents = latents
         self.frame_index += 1
-        return self.decode(latents)
+        return frames.cpu().numpy()
+
+    def advance(
+        self,
+        actions: torch.Tensor,
+        noise: torch.Tensor,
+        eps: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        slot_tokens: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Denoise, commit and decode one frame for all worlds: the hot path, made only of tensor ops
+        on fixed buffers so that a CUDA graph can capture it (see worldsim/models/cuda_graph.py).
+
+        Returns latents (B, C, h, w) and uint8 frames (B, H, W, 3), still on the device."""
+        dyn, B = self.model.dynamics, self.batch_size
+        a = actions[:, None]  # (B, 1, A)
+        ones = torch.ones(B, 1, device=self.device)
+        past_kv = list(zip(self.cache_k, self.cache_v))
+        x = noise
+        for t_now, t_next in zip(self.times_list[:-1], self.times_list[1:]):
+            t = torch.full((B, 1), t_now, device=self.device)
+            v, _ = dyn(x, t, a, None, mask, action_mask=ones, past_kv=past_kv, rope=rope)
+            x = x + (t_next - t_now) * v
+        z = x if eps is None else add_noise(x, self._context_t(B), eps[:, None])
+        _, kv = dyn(z, self._context_t(B), a, None, mask, action_mask=ones, past_kv=past_kv, rope=rope)
+        for (k_new, v_new), k_buf, v_buf in zip(kv, self.cache_k, self.cache_v):
+            k_buf.index_copy_(2, slot_tokens, k_new)
+            v_buf.index_copy_(2, slot_tokens, v_new)
+        latents = x[:, 0]
+        return latents, self._to_uint8(self.model.tokenizer.decode(latents))
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor | None = None) -> np.ndarray:
         """Latents (B, C, h, w) (default: the current frame) -> uint8 frames (B, H, W, 3)."""
         x = self.model.tokenizer.decode(self.latents if latents is None else latents)
-        return (
-            ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        )
+        return self._to_uint8(x).cpu().numpy()
+
+    def enable_cuda_graph(self) -> None:
+        """Capture the hot path (`advance`) as one CUDA graph: a step becomes a single launch."""
+        from worldsim.models.cuda_graph import GraphedAdvance
+
+        if self.device.type != "cuda":
+            raise ValueError("CUDA graphs need the model on a CUDA device")
+        self.cuda_graph = GraphedAdvance(self)
 
     # --------------------------------------------------------------------------------- internals
-    def denoise(self, actions: torch.Tensor) -> torch.Tensor:
-        """S Euler steps from pure noise to the next frame's latents (B, C, h, w)."""
+    def denoise(self, actions: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """S Euler steps from `noise` (B, 1, C, h, w) to the next frame's latents (B, C, h, w)."""
         B = self.batch_size
-        x = self._noise((1, *self.latent_shape), torch.arange(B))  # (B, 1, C, h, w)
+        x = noise
         a = actions[:, None]  # (B, 1, A)
         ones = torch.ones(B, 1, device=self.device)
-        for t_now, t_next in zip(self.times[:-1], self.times[1:]):
-            t = torch.full((B, 1), float(t_now), device=self.device)
+        for t_now, t_next in zip(self.times_list[:-1], self.times_list[1:]):
+            t = torch.full((B, 1), t_now, device=self.device)
             v = self._velocity(x, t, a, ones)
             if self.guidance != 1.0:  # action guidance: push away from the unconditional prediction
                 v_uncond = self._velocity(x, t, a, torch.zeros_like(ones))
@@ -179,25 +227,28 @@ class Rollout:
         return self._rope_tables
 
     def _commit(
-        self, latents: torch.Tensor, actions: torch.Tensor, action_mask: torch.Tensor, idx: torch.Tensor
+        self,
+        latents: torch.Tensor,
+        actions: torch.Tensor,
+        action_mask: torch.Tensor,
+        idx: torch.Tensor,
+        eps: torch.Tensor | None = None,
     ) -> None:
-        """Write the K/V of frames (b, C, h, w) of worlds `idx` into the ring slot of this frame index."""
+        """Write the K/V of frames (b, C, h, w) of worlds `idx` into the ring slot of this frame index
+        (the slow path: resets and guidance; `advance` is the fast one)."""
         b = len(idx)
         if self.context_noise > 0:
-            eps = self._noise(self.latent_shape, idx)  # (b, C, h, w)
-            z = add_noise(
-                latents[:, None], torch.full((b, 1), self.context_noise, device=self.device), eps[:, None]
-            )
+            eps = self._noise(self.latent_shape, idx) if eps is None else eps  # (b, C, h, w)
+            z = add_noise(latents[:, None], self._context_t(b), eps[:, None])
         else:
             z = latents[:, None]
-        t = torch.full((b, 1), self.context_noise, device=self.device)
         if not self.use_cache:
             self.history.append((z, actions[:, None], action_mask[:, None], self.frame_index))
             return
-        full = len(idx) == self.batch_size  # indexing copies the buffers: only when a subset resets
+        full = b == self.batch_size  # indexing copies the buffers: only when a subset resets
         _, kv = self.model.dynamics(
             z,
-            t,
+            self._context_t(b),
             actions[:, None],
             None,
             self._cache_mask(idx),
@@ -205,12 +256,24 @@ class Rollout:
             past_kv=[(k, v) if full else (k[idx], v[idx]) for k, v in zip(self.cache_k, self.cache_v)],
             rope=self._rope(),
         )
-        slot = self.frame_index % self.window
-        span = slice(slot * self.N, (slot + 1) * self.N)
+        slot_tokens = self._slot_tokens()
         for (k_new, v_new), k_buf, v_buf in zip(kv, self.cache_k, self.cache_v):
-            k_buf[idx, :, span] = k_new
-            v_buf[idx, :, span] = v_new
-        self.slot_valid[idx, slot] = True
+            k_buf[idx[:, None], :, slot_tokens] = k_new.transpose(1, 2)  # (b, N, H, Dh) advanced-index view
+            v_buf[idx[:, None], :, slot_tokens] = v_new.transpose(1, 2)
+        self.slot_valid[idx, self.frame_index % self.window] = True
+
+    def _context_t(self, b: int) -> torch.Tensor:
+        return torch.full((b, 1), self.context_noise, device=self.device)
+
+    def _slot_tokens(self) -> torch.Tensor:
+        """Token positions (N,) of the ring slot that the frame being made is committed to."""
+        start = (self.frame_index % self.window) * self.N
+        return torch.arange(start, start + self.N, device=self.device)
+
+    @staticmethod
+    def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3) on the same device."""
+        return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
 
     def _noise(self, shape: tuple[int, ...], idx: torch.Tensor) -> torch.Tensor:
         """Standard normal (len(idx), *shape): from the shared generator, or each world's own stream."""

@@ -154,7 +154,9 @@ _LOADED: dict[tuple[str, str, str], WorldModel] = {}
 
 
 def load_shared(
-    path: str | os.PathLike | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    path: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> WorldModel:
     """`WorldModel.from_pretrained`, loaded once per (file, device, dtype) and shared: many envs, app
     sessions or vector envs hold their own `Rollout` (KV cache) over one set of weights."""

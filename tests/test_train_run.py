@@ -1,0 +1,131 @@
+"""worldsim-train end to end on BridgeSim data: 2 processes over gloo, kill -9 + resume, stage hand-off."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+import torch
+from train_helpers import (
+    REPO,
+    alive,
+    descendants,
+    generate_bridge,
+    job_dir,
+    kill_tree,
+    load_dcp,
+    metrics,
+    python_cmd,
+    run,
+    torchrun_cmd,
+    train_env,
+)
+
+# 30 steps, a checkpoint every 10, validation at 15 and 30 (it must not disturb training's RNG).
+RUN_ARGS = ("trainer.max_iter=30", "checkpoint.save_iter=10", "trainer.log_every=1", "trainer.val_every=15")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bridgesim")
+    generate_bridge(root, "train", episodes=4, seed=0)
+    generate_bridge(root, "val", episodes=1, seed=100)
+    return root
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("output")
+
+
+@pytest.fixture(scope="module")
+def reference(data, out):
+    """An uninterrupted 2-process run of bridge_tiny."""
+    run(
+        torchrun_cmd(2, "experiment=bridge_tiny", f"dataset.root={data}", "job.name=ref", *RUN_ARGS),
+        train_env(out),
+    )
+    return job_dir(out, "ref")
+
+
+def test_two_process_training_loss_falls_and_writes_checkpoints(reference):
+    train_logs = [m for m in metrics(reference) if "loss" in m]
+    assert [m["iter"] for m in train_logs] == list(range(1, 31))
+    first = sum(m["loss"] for m in train_logs[:5]) / 5
+    last = sum(m["loss"] for m in train_logs[-5:]) / 5
+    assert last < first - 0.05, f"loss did not fall: first {first:.4f}, last {last:.4f}"
+    for key in ("lr", "grad_norm", "it_per_s", "frames_per_s", "mfu"):
+        assert key in train_logs[-1]
+    assert train_logs[-1]["mfu"] == "n/a"  # no peak FLOP/s for a CPU
+    val = [m for m in metrics(reference) if "val_loss" in m]
+    assert [m["iter"] for m in val] == [15, 30]
+    assert all(5.0 < m["val_rollout_psnr"] < 99.0 for m in val)
+    assert (reference / "val" / "iter_000000030.mp4").stat().st_size > 0
+    ckpts = reference / "checkpoints"
+    assert (ckpts / "latest_checkpoint.txt").read_text().strip() == "iter_000000030"
+    assert sorted(p.name for p in ckpts.glob("iter_*")) == [
+        "iter_000000010",
+        "iter_000000020",
+        "iter_000000030",
+    ]
+    last_ckpt = ckpts / "iter_000000030"
+    for part in ("model/.metadata", "optim/.metadata", "scheduler/scheduler.pt", "trainer/rank_00001.pt"):
+        assert (last_ckpt / part).is_file(), part
+
+
+def test_resume_after_kill_mid_save_matches_uninterrupted_run(data, out, reference, tmp_path):
+    cmd = torchrun_cmd(2, "experiment=bridge_tiny", f"dataset.root={data}", "job.name=crash", *RUN_ARGS)
+    ckpts = job_dir(out, "crash") / "checkpoints"
+    # The save of step 20 stalls after its weights are on disk and before it is marked complete.
+    proc = subprocess.Popen(
+        cmd, env=train_env(out, WORLDSIM_TEST_SAVE_DELAY="20:120"), cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not (ckpts / "iter_000000020" / "model" / ".metadata").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "run ended before the save of step 20"
+            time.sleep(0.2)
+        workers = descendants(proc.pid)
+        assert len(workers) >= 2
+    finally:
+        kill_tree(proc.pid)  # the launcher and both ranks, mid-save
+        proc.wait()
+    time.sleep(0.5)
+    assert not any(alive(p) for p in workers), "a rank survived the kill"
+    assert (ckpts / "latest_checkpoint.txt").read_text().strip() == "iter_000000010"
+
+    resumed = run(cmd, train_env(out))
+    assert "resumed from" in resumed.stdout and "iteration 10" in resumed.stdout
+    assert (ckpts / "latest_checkpoint.txt").read_text().strip() == "iter_000000030"
+    ref = load_dcp(reference / "checkpoints" / "iter_000000030" / "model", tmp_path)
+    got = load_dcp(ckpts / "iter_000000030" / "model", tmp_path)
+    assert ref.keys() == got.keys() and any(k.startswith("ema.") for k in ref)
+    unequal = [k for k in ref if not torch.equal(ref[k], got[k])]
+    assert not unequal, f"resumed run differs from the uninterrupted one in {unequal[:5]}"
+    ref_opt = load_dcp(reference / "checkpoints" / "iter_000000030" / "optim", tmp_path)
+    got_opt = load_dcp(ckpts / "iter_000000030" / "optim", tmp_path)
+    assert all(torch.equal(ref_opt[k], got_opt[k]) for k in ref_opt)
+
+
+def test_action_stage_starts_from_tokenizer_checkpoint(data, out, tmp_path):
+    env = train_env(out)
+    run(python_cmd("experiment=bridge_tiny_tokenizer", f"dataset.root={data}", "job.name=tok",
+                   "trainer.max_iter=6", "trainer.val_every=6"), env)  # fmt: skip
+    tok_ckpts = job_dir(out, "tok") / "checkpoints"
+    tok_metrics = metrics(job_dir(out, "tok"))
+    assert any("val_recon_psnr" in m for m in tok_metrics)
+    action = run(python_cmd("experiment=bridge_tiny", f"dataset.root={data}", "job.name=act",
+                            "trainer.max_iter=3", "trainer.val_every=0", f"load_path={tok_ckpts}"), env)  # fmt: skip
+    assert "initial weights from" in action.stdout
+    assert "dropped 4 action tensors" in action.stdout  # a tokenizer checkpoint's action layers start fresh
+    tok = load_dcp(tok_ckpts / "iter_000000006" / "model", tmp_path)
+    act = load_dcp(job_dir(out, "act") / "checkpoints" / "iter_000000003" / "model", tmp_path)
+    tokenizer_keys = [k for k in act if k.startswith("model.tokenizer.") and "latent_" not in k]
+    assert tokenizer_keys
+    for k in tokenizer_keys:  # frozen in the action stage: still the tokenizer run's EMA weights
+        assert torch.equal(act[k], tok["ema." + k.removeprefix("model.")]), k
+    assert not torch.equal(
+        act["model.tokenizer.latent_scale"], torch.ones_like(act["model.tokenizer.latent_scale"])
+    )

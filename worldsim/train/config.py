@@ -1,0 +1,259 @@
+"""Training configs: dataclasses, named experiments, and command-line overrides through OmegaConf.
+
+`load_config(["experiment=bridge_tiny", "dataset.root=DIR", "trainer.max_iter=100"])` starts from the
+named experiment, merges the dotted overrides (OmegaConf checks every key and type against the
+dataclasses) and then checks the values. Any problem raises `ConfigError` naming the key, before any
+data is read or any device is touched. Key names follow Cosmos-Predict2.5 (`dataset.root`,
+`trainer.max_iter`, `checkpoint.save_iter`, `job.name`, `load_path`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from worldsim.models.config import PRESETS, WorldModelConfig, get_preset
+
+STAGES = ("tokenizer", "video2world", "action")
+PRECISIONS = ("auto", "bf16", "fp32")
+POST_TRAINING_LR = 2**-14.5  # Cosmos-Predict2.5 action post-training learning rate
+
+
+class ConfigError(ValueError):
+    """A bad experiment name, override key or value; the message names the key."""
+
+
+@dataclass
+class JobConfig:
+    """Where a run writes: $WORLDSIM_OUTPUT_ROOT/project/group/name/."""
+
+    project: str = "worldsim"
+    group: str = "bridge"
+    name: str = "bridge_tiny"
+
+
+@dataclass
+class DatasetConfig:
+    """A Bridge-format folder (see worldsim/data/bridge.py) and how windows are cut from it."""
+
+    root: str = ""  # dataset folder; required
+    split: str = "train"
+    val_split: str = "val"  # falls back to `split` (with a warning) when the folder has no such split
+    num_workers: int = 0  # DataLoader worker processes per rank (0 = load in the training process)
+    stride: int = 1  # step between window start frames
+    cache_dir: str = ""  # decoded-frame cache; "" = ROOT/.cache/...
+
+
+@dataclass
+class TrainerConfig:
+    """Optimisation, logging and validation."""
+
+    max_iter: int = 1000  # optimiser steps
+    batch_size: int = 4  # windows per rank per micro-batch
+    grad_accum: int = 1  # micro-batches per optimiser step
+    lr: float = POST_TRAINING_LR  # peak learning rate
+    lr_final_ratio: float = 0.0  # lr at max_iter / peak lr (linear decay after warm-up)
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_iter: int = 100  # linear warm-up from 0 over this many steps
+    clip_grad_norm: float = 1.0  # 0 disables clipping
+    ema_decay: float = 0.999  # EMA of the weights, kept in fp32
+    seed: int = 0
+    log_every: int = 10  # metrics.jsonl + progress bar every N steps
+    val_every: int = 500  # validation every N steps (0 = never) and at the last step
+    val_batches: int = 2  # validation micro-batches per rank
+    val_rollout_steps: int = 12  # frames of the validation rollout (dynamics stages)
+    compile: bool = False  # torch.compile each transformer block
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
+    precision: str = "auto"  # bf16 | fp32 | auto (bf16 on CUDA, fp32 on CPU)
+
+
+@dataclass
+class CheckpointConfig:
+    """DCP checkpoints under the job folder's checkpoints/."""
+
+    save_iter: int = 500  # save every N steps (0 = only at the end)
+    keep_last: int = 3  # complete checkpoints kept (older ones are deleted); 0 keeps all
+
+
+@dataclass
+class ModelConfig:
+    """A `WorldModelConfig` preset plus field overrides, e.g. model.overrides.depth=4."""
+
+    preset: str = "tiny"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> WorldModelConfig:
+        # Lists from the command line become the config's tuples (it is frozen and hashable).
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(self.overrides).items()}
+        return get_preset(self.preset, **values)
+
+
+@dataclass
+class TrainConfig:
+    """One training run."""
+
+    experiment: str = "bridge_tiny"
+    stage: str = "action"  # tokenizer | video2world | action
+    load_path: str = ""  # initial model weights (DCP checkpoint, .pt or .safetensors); "" = none
+    load_ema: bool = True  # take the EMA weights from a DCP / converted load_path when it has them
+    job: JobConfig = field(default_factory=JobConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    @property
+    def job_dir(self) -> Path:
+        root = os.environ.get("WORLDSIM_OUTPUT_ROOT", "/tmp/worldsim-output")
+        return Path(root) / self.job.project / self.job.group / self.job.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------------------------------ registry
+def _experiment(name: str, stage: str, preset: str, **sections: dict[str, Any]) -> TrainConfig:
+    cfg = TrainConfig(experiment=name, stage=stage, job=JobConfig(name=name), model=ModelConfig(preset))
+    for section, values in sections.items():
+        setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **values))
+    return cfg
+
+
+def _tiny_trainer(**extra: Any) -> dict[str, Any]:
+    # From scratch on a CPU in seconds: a large lr (the post-training lr is for pre-trained weights).
+    return dict(max_iter=200, batch_size=2, lr=1e-3, warmup_iter=5, ema_decay=0.99, log_every=5,
+                val_every=100, val_batches=1, **extra)  # fmt: skip
+
+
+EXPERIMENTS: dict[str, TrainConfig] = {
+    e.experiment: e
+    for e in [
+        _experiment("bridge_tiny", "action", "tiny", trainer=_tiny_trainer(), checkpoint={"save_iter": 100}),
+        _experiment(
+            "bridge_tiny_tokenizer",
+            "tokenizer",
+            "tiny",
+            trainer=_tiny_trainer(),
+            checkpoint={"save_iter": 100},
+        ),
+        _experiment(
+            "bridge_small_tokenizer",
+            "tokenizer",
+            "small",
+            trainer=dict(max_iter=20_000, batch_size=8, lr=2e-4, warmup_iter=500, weight_decay=0.0),
+        ),
+        _experiment(
+            "bridge_small_video2world",
+            "video2world",
+            "small",
+            trainer=dict(max_iter=50_000, batch_size=8, lr=3e-4, warmup_iter=1000),
+        ),
+        _experiment(
+            "bridge_small_action",
+            "action",
+            "small",
+            trainer=dict(max_iter=20_000, batch_size=8, warmup_iter=500),
+        ),
+        _experiment(
+            "bridge_base_action",
+            "action",
+            "base",
+            trainer=dict(max_iter=20_000, batch_size=4, warmup_iter=500, precision="bf16"),
+        ),
+        _experiment(
+            "bridge_2b_action",
+            "action",
+            "2b",
+            trainer=dict(
+                max_iter=20_000,
+                batch_size=1,
+                warmup_iter=500,
+                precision="bf16",
+                activation_checkpointing=True,
+            ),
+        ),
+    ]
+}
+
+
+# ------------------------------------------------------------------------------------------- loading
+def load_config(argv: list[str]) -> TrainConfig:
+    """`experiment=NAME` (default bridge_tiny) plus dotted overrides -> a checked `TrainConfig`."""
+    try:
+        overrides = OmegaConf.from_dotlist(list(argv))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot parse overrides {argv}: {e} (expected key=value)") from e
+    name = overrides.pop("experiment", "bridge_tiny")
+    if name not in EXPERIMENTS:
+        raise ConfigError(f"experiment={name!r}: unknown experiment; choose from {sorted(EXPERIMENTS)}")
+    base = OmegaConf.structured(EXPERIMENTS[name])
+    try:
+        merged = OmegaConf.merge(base, overrides)
+        cfg: TrainConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"bad override for key {key!r}: {str(e).splitlines()[0]}") from e
+    cfg.model.overrides = dict(cfg.model.overrides)
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Value checks OmegaConf's type checks cannot do; raises ConfigError naming the key."""
+    t = cfg.trainer
+
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}={_get(cfg, key)!r}: {msg}")
+
+    need(cfg.stage in STAGES, "stage", f"must be one of {list(STAGES)}")
+    need(
+        bool(cfg.dataset.root), "dataset.root", "required: a Bridge-format dataset folder (dataset.root=DIR)"
+    )
+    need(t.max_iter > 0, "trainer.max_iter", "must be a positive number of iterations")
+    need(t.batch_size > 0, "trainer.batch_size", "must be > 0")
+    need(t.grad_accum > 0, "trainer.grad_accum", "must be > 0")
+    need(t.lr > 0, "trainer.lr", "must be > 0")
+    need(0 <= t.lr_final_ratio <= 1, "trainer.lr_final_ratio", "must be in [0, 1]")
+    need(t.weight_decay >= 0, "trainer.weight_decay", "must be >= 0")
+    need(t.warmup_iter >= 0, "trainer.warmup_iter", "must be >= 0")
+    need(t.clip_grad_norm >= 0, "trainer.clip_grad_norm", "must be >= 0 (0 disables clipping)")
+    need(0 <= t.ema_decay < 1, "trainer.ema_decay", "must be in [0, 1)")
+    need(t.log_every > 0, "trainer.log_every", "must be > 0")
+    need(t.val_every >= 0, "trainer.val_every", "must be >= 0 (0 = never)")
+    need(t.val_batches > 0, "trainer.val_batches", "must be > 0")
+    need(t.val_rollout_steps >= 0, "trainer.val_rollout_steps", "must be >= 0")
+    need(t.precision in PRECISIONS, "trainer.precision", f"must be one of {list(PRECISIONS)}")
+    need(cfg.dataset.num_workers >= 0, "dataset.num_workers", "must be >= 0")
+    need(cfg.dataset.stride > 0, "dataset.stride", "must be > 0")
+    need(cfg.checkpoint.save_iter >= 0, "checkpoint.save_iter", "must be >= 0 (0 = only at the end)")
+    need(cfg.checkpoint.keep_last >= 0, "checkpoint.keep_last", "must be >= 0 (0 keeps all)")
+    for key in ("project", "group", "name"):
+        value = getattr(cfg.job, key)
+        need(
+            bool(value) and "/" not in value and value not in (".", ".."),
+            f"job.{key}",
+            "must be a plain folder name",
+        )
+    need(cfg.model.preset in PRESETS, "model.preset", f"unknown preset; choose from {sorted(PRESETS)}")
+    known = {f.name for f in dataclasses.fields(WorldModelConfig)}
+    for key in cfg.model.overrides:
+        need(key in known, f"model.overrides.{key}", "not a WorldModelConfig field")
+    try:
+        cfg.model.build()
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model: {e}") from e
+
+
+def _get(cfg: TrainConfig, key: str) -> Any:
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = obj.get(part) if isinstance(obj, dict) else getattr(obj, part)
+    return obj

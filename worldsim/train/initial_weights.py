@@ -1,0 +1,163 @@
+"""`load_path=...`: initial model weights from another run, checked against the new model before any work.
+
+Accepted sources:
+- a DCP checkpoint of worldsim-train: its `iter_*` folder, the `model` folder inside it, or a job's
+  `checkpoints` folder (its latest complete checkpoint);
+- a worldsim safetensors export (`model.safetensors` or its folder, config in the metadata);
+- a converted `.pt` (`torch.load(weights_only=True)`): a state dict, or a dict with "model" / "ema".
+Model weights only (no optimiser, step or data position). When an action post-training starts from a
+tokenizer or video2world checkpoint, `dynamics.action_embed.*` is dropped and stays zero-initialised
+(so the model starts exactly as the video2world one). Shape mismatches raise `LoadPathError` naming
+the file and the first offending tensors.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+from worldsim.models.config import WorldModelConfig
+from worldsim.models.world_model import WorldModel
+from worldsim.train.checkpoint import LATEST
+
+ACTION_PREFIX = "dynamics.action_embed."
+
+
+class LoadPathError(ValueError):
+    """load_path is missing, unreadable or does not fit the model; the message names the path."""
+
+
+@dataclass
+class InitialWeights:
+    """Where each of the new model's tensors comes from in a `load_path`, already shape-checked."""
+
+    path: Path
+    kind: str  # "dcp" | "safetensors" | "pt"
+    source_stage: str | None
+    keys: dict[str, str]  # model key -> key in the source
+    dropped: list[str] = field(default_factory=list)
+
+    def load_into(self, model: WorldModel) -> None:
+        """Copy the weights into a plain (unsharded) model."""
+        if self.kind == "dcp":
+            state = {
+                src: torch.empty(shape)
+                for src, shape in self._dcp_shapes().items()
+                if src in self.keys.values()
+            }
+            dcp.load(state, checkpoint_id=self.path, no_dist=True)
+        elif self.kind == "safetensors":
+            state = load_file(str(self.path))
+        else:
+            state = _pt_state(self.path)
+        ours = model.state_dict()
+        with torch.no_grad():
+            for name, src in self.keys.items():
+                ours[name].copy_(state[src].to(ours[name].dtype))
+
+    def _dcp_shapes(self) -> dict[str, tuple[int, ...]]:
+        return _dcp_shapes(self.path)
+
+
+def _dcp_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    meta = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    return {k: tuple(m.size) for k, m in meta.items() if isinstance(m, TensorStorageMetadata)}
+
+
+def _pt_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise LoadPathError(f"load_path={str(path)!r}: cannot read .pt weights ({e})") from e
+    if not isinstance(obj, dict):
+        raise LoadPathError(f"load_path={str(path)!r}: expected a dict of tensors, got {type(obj).__name__}")
+    flat: dict[str, torch.Tensor] = {}
+    for k, v in obj.items():  # {"model": {...}, "ema": {...}} or a plain state dict
+        if isinstance(v, dict):
+            flat.update({f"{k}.{kk}": vv for kk, vv in v.items() if isinstance(vv, torch.Tensor)})
+        elif isinstance(v, torch.Tensor):
+            flat[k] = v
+    return flat
+
+
+def _resolve(path: Path) -> tuple[Path, str]:
+    if not path.exists():
+        raise LoadPathError(f"load_path={str(path)!r}: no such file or folder")
+    if path.is_dir():
+        if (path / LATEST).is_file():  # a job's checkpoints folder
+            path = path / (path / LATEST).read_text().strip()
+        if (path / "model" / ".metadata").is_file():
+            path = path / "model"
+        if (path / ".metadata").is_file():
+            return path, "dcp"
+        if (path / "model.safetensors").is_file():
+            return path / "model.safetensors", "safetensors"
+        raise LoadPathError(
+            f"load_path={str(path)!r}: a folder without a DCP checkpoint (.metadata) or model.safetensors"
+        )
+    if path.suffix == ".safetensors":
+        return path, "safetensors"
+    if path.suffix in (".pt", ".pth"):
+        return path, "pt"
+    raise LoadPathError(f"load_path={str(path)!r}: expected a DCP folder, .safetensors or .pt file")
+
+
+def _source(path: Path, kind: str) -> tuple[dict[str, tuple[int, ...]], str | None, dict | None]:
+    """Shapes of every tensor in the source, its training stage and model config when recorded."""
+    try:
+        if kind == "dcp":
+            meta_file = path.parent / "meta.json"
+            meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+            return _dcp_shapes(path), meta.get("stage"), meta.get("model_config")
+        if kind == "safetensors":
+            with safe_open(str(path), framework="pt") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+                md = f.metadata() or {}
+            return shapes, md.get("stage"), json.loads(md["config"]) if "config" in md else None
+        return {k: tuple(v.shape) for k, v in _pt_state(path).items()}, None, None
+    except LoadPathError:
+        raise
+    except Exception as e:  # noqa: BLE001 - unreadable metadata of any kind
+        raise LoadPathError(f"load_path={str(path)!r}: cannot read checkpoint metadata ({e})") from e
+
+
+def inspect_load_path(load_path: str, cfg: WorldModelConfig, stage: str, use_ema: bool) -> InitialWeights:
+    """Resolve `load_path` and map and shape-check every tensor of a `WorldModel(cfg)`; reads no weights."""
+    path, kind = _resolve(Path(load_path))
+    shapes, source_stage, source_cfg = _source(path, kind)
+    if source_cfg is not None and source_cfg.get("heads") not in (None, cfg.heads):
+        raise LoadPathError(
+            f"load_path={str(path)!r}: saved with heads={source_cfg['heads']}, the model has heads={cfg.heads}"
+        )
+    with torch.device("meta"):
+        target = {k: tuple(v.shape) for k, v in WorldModel(cfg).state_dict().items()}
+    drop_actions = stage == "action" and source_stage in ("tokenizer", "video2world")
+    keys: dict[str, str] = {}
+    dropped, missing, mismatched = [], [], []
+    for name, shape in target.items():
+        if drop_actions and name.startswith(ACTION_PREFIX):
+            dropped.append(name)
+            continue
+        candidates = [f"ema.{name}", f"model.{name}", name] if use_ema else [f"model.{name}", name]
+        src = next((c for c in candidates if c in shapes), None)
+        if src is None:
+            missing.append(name)
+        elif shapes[src] != shape:
+            mismatched.append(f"{name}: checkpoint {list(shapes[src])} vs model {list(shape)}")
+        else:
+            keys[name] = src
+    if missing or mismatched:
+        raise LoadPathError(
+            f"load_path={str(path)!r} does not fit model preset {cfg.name!r}: "
+            + (f"{len(mismatched)} shape mismatches ({'; '.join(mismatched[:3])}) " if mismatched else "")
+            + (f"{len(missing)} missing tensors ({', '.join(missing[:3])})" if missing else "")
+        )
+    return InitialWeights(path, kind, source_stage, keys, dropped)

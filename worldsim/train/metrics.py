@@ -1,0 +1,93 @@
+"""Throughput accounting (FLOPs per window, MFU) and the metrics log (metrics.jsonl, TensorBoard if installed).
+
+FLOPs are counted, not estimated by hand: one forward of the stage's networks runs on the meta device
+under `torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions and attention, shapes only, no
+memory), and a training step counts 3x the forward of what is trained (forward + backward for
+activations and weights) plus 1x the forward of what is frozen (the encoder in the dynamics stages).
+This is the ~6 * params * tokens rule plus attention, without its approximations.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from worldsim.models.config import WorldModelConfig
+from worldsim.models.dynamics import frame_mask_to_tokens, training_frame_mask
+from worldsim.models.world_model import WorldModel
+
+# Dense peak FLOP/s per device by name fragment (NVIDIA datasheets, without sparsity).
+PEAK_FLOPS = {
+    torch.bfloat16: {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12},
+    torch.float32: {"H200": 67e12, "H100": 67e12, "A100": 19.5e12, "L40S": 91.6e12, "A10": 31.2e12},
+}
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """The device's dense peak for `dtype`, or None where unknown (CPUs: MFU is reported as n/a)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.get(dtype, {}).items() if k in name), None)
+
+
+def _count(fn: Any) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def train_flops_per_window(cfg: WorldModelConfig, stage: str) -> float:
+    """FLOPs of one training window (all its frames) in `stage`, counted on the meta device."""
+    with torch.device("meta"):
+        model = WorldModel(cfg)
+        Fr = cfg.num_frames
+        frames = torch.zeros(Fr, 3, cfg.height, cfg.width)
+        encode = _count(lambda: model.tokenizer.moments(frames))
+        if stage == "tokenizer":
+            latents = torch.zeros(Fr, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
+            return 3.0 * (encode + _count(lambda: model.tokenizer.decoder(latents)))
+        L = 2 * Fr - 1  # clean stream + noisy stream, as RectifiedFlow.loss lays them out
+        z = torch.zeros(1, L, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
+        t = torch.zeros(1, L)
+        actions = torch.zeros(1, L, cfg.action_dim)
+        pos = torch.zeros(L, dtype=torch.long)
+        mask = frame_mask_to_tokens(training_frame_mask(Fr, cfg.num_context_frames), cfg.tokens_per_frame)
+        dyn = _count(lambda: model.dynamics(z, t, actions, pos, mask))
+        return 3.0 * dyn + encode
+
+
+class MetricsLog:
+    """Appends one JSON object per line to JOB/metrics.jsonl (rank 0), mirrored to TensorBoard if present."""
+
+    def __init__(self, job_dir: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = Path(job_dir) / "metrics.jsonl"
+        self.tb = None
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(Path(job_dir) / "tensorboard"))
+            except ImportError:  # tensorboard is optional
+                self.tb = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            step = int(record.get("iter", 0))
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "iter":
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()

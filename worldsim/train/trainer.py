@@ -1,0 +1,243 @@
+"""The training loop: one program for 1..N processes, CPU or GPU, every stage.
+
+Order of work, so that every user error surfaces before a device is touched:
+config checks (config.py) -> dataset scan (data.py) -> load_path shape check (initial_weights.py) ->
+process group -> model (same seed on every rank), initial weights, latent statistics -> FSDP2 ->
+AdamW + LambdaLR + EMA -> resume from the latest complete checkpoint -> loop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from worldsim.models.config import WorldModelConfig
+from worldsim.models.world_model import WorldModel
+from worldsim.train.checkpoint import CheckpointManager, rng_state
+from worldsim.train.config import TrainConfig
+from worldsim.train.data import DataPosition, TrainStream, make_datasets, val_batches
+from worldsim.train.ema import EMA
+from worldsim.train.initial_weights import InitialWeights, inspect_load_path
+from worldsim.train.metrics import MetricsLog, peak_flops, train_flops_per_window
+from worldsim.train.parallelize import (
+    DistInfo,
+    close_distributed,
+    init_distributed,
+    parallelize,
+    resolve_precision,
+)
+from worldsim.train.stages import StageModule, latent_stats_are_default, set_latent_stats
+from worldsim.train.validate import gather_ema_model, validation_loss, validation_rollout
+
+
+def lr_lambda(warmup: int, max_iter: int, final_ratio: float):  # noqa: ANN201 - a LambdaLR factor
+    """Linear warm-up from 0 to 1 over `warmup` steps, then linear decay to `final_ratio` at max_iter."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, max_iter - warmup)
+        return 1.0 - (1.0 - final_ratio) * min(1.0, progress)
+
+    return factor
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW on the trainable parameters; no weight decay on biases and norm gains (1-D tensors)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.trainer.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    t = cfg.trainer
+    return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), fused=device.type == "cuda")
+
+
+def clip_gradients(params: list[torch.Tensor], max_norm: float) -> float:
+    """Global gradient norm over all ranks' shards; clipped to max_norm when > 0 (torchtitan's recipe)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    total = torch.nn.utils.get_total_norm(grads)
+    if hasattr(total, "full_tensor"):  # a DTensor holding per-rank partial norms
+        total = total.full_tensor()
+    if max_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return float(total)
+
+
+def build_model(
+    model_cfg: WorldModelConfig,
+    cfg: TrainConfig,
+    initial: InitialWeights | None,
+    resuming: bool,
+    info: DistInfo,
+) -> tuple[WorldModel, str]:
+    """The plain model on this rank's device: identical init on every rank, initial weights, latent stats."""
+    torch.manual_seed(cfg.trainer.seed)  # every rank builds the same weights before fully_shard splits them
+    model = WorldModel(model_cfg)
+    note = ""
+    if initial is not None and not resuming:
+        initial.load_into(model)
+        note = f"initial weights from {initial.path}" + (
+            f" (dropped {len(initial.dropped)} action tensors: fresh action layers)"
+            if initial.dropped
+            else ""
+        )
+    model.to(info.device)
+    return model, note
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) the job `cfg` describes; returns the job folder."""
+    model_cfg = cfg.model.build()
+    train_ds, val_ds = make_datasets(cfg.dataset, model_cfg)
+    initial = inspect_load_path(cfg.load_path, model_cfg, cfg.stage, cfg.load_ema) if cfg.load_path else None
+    info = init_distributed()
+    try:
+        return _train(cfg, model_cfg, train_ds, val_ds, initial, info)
+    finally:
+        close_distributed()
+
+
+def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, initial, info: DistInfo) -> Path:  # noqa: ANN001
+    t = cfg.trainer
+    device, main = info.device, info.is_main
+    job_dir = cfg.job_dir
+    manager = CheckpointManager(job_dir, cfg.checkpoint.keep_last, info.rank, info.world_size)
+    resume = manager.latest()
+    if main:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        (job_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+    model, note = build_model(model_cfg, cfg, initial, resume is not None, info)
+    stream = TrainStream(train_ds, t.batch_size, info.rank, info.world_size, t.seed, cfg.dataset.num_workers)
+    if cfg.stage != "tokenizer" and resume is None and latent_stats_are_default(model):
+        # The flow model wants ~unit-variance latents; a fresh tokenizer checkpoint has none recorded yet.
+        sample = val_batches(train_ds, t.batch_size, info.rank, info.world_size, n=8)
+        mu, std = set_latent_stats(model, sample, device)
+        note += f"\nlatent stats set from training frames: shift {np.round(mu, 3)}, scale {np.round(std, 3)}"
+
+    param_dtype = resolve_precision(t.precision, device)
+    root = StageModule(model, cfg.stage, param_dtype)
+    parallelize(root, model, device, param_dtype, t.activation_checkpointing, t.compile)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(model, cfg, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(t.warmup_iter, t.max_iter, t.lr_final_ratio)
+    )
+    ema = EMA(model, t.ema_decay)
+
+    start = 0
+    random.seed(t.seed + info.rank)
+    np.random.seed(t.seed + info.rank)
+    torch.manual_seed(t.seed + 1000 * info.rank + 1)  # ranks draw different noise
+    if resume is not None:
+        state = manager.load(resume, model, optimizer, scheduler, ema, device)
+        start = int(state["iteration"])
+        stream.position = DataPosition(int(state["epoch"]), int(state["index"]))
+        note += f"\nresumed from {resume} (iteration {start})"
+
+    flops = train_flops_per_window(model_cfg, cfg.stage)
+    peak = peak_flops(device, param_dtype)
+    n_train = sum(p.numel() for p in params)
+    log = MetricsLog(job_dir, main)
+    if main:
+        print(
+            f"worldsim-train: {cfg.experiment} stage={cfg.stage} preset={model_cfg.name} ranks={info.world_size} "
+            f"device={device} precision={str(param_dtype).removeprefix('torch.')} trainable={n_train / 1e6:.2f}M "
+            f"train windows={len(train_ds)} job={job_dir}{note and chr(10) + note.strip()}",
+            flush=True,
+        )
+    fixed_val = val_batches(val_ds, t.batch_size, info.rank, info.world_size, t.val_batches)
+    eval_model: WorldModel | None = None
+
+    data = iter(stream)
+    bar = tqdm(total=t.max_iter, initial=start, disable=not main, desc=cfg.experiment, dynamic_ncols=True)
+    window_t0, window_steps, loss_sum, logs_sum = time.perf_counter(), 0, 0.0, {}
+    for step in range(start + 1, t.max_iter + 1):
+        for micro in range(t.grad_accum):
+            batch = next(data)
+            root.set_requires_gradient_sync(micro == t.grad_accum - 1)  # reduce-scatter once per step
+            loss, logs = root(batch["video"].to(device, non_blocking=True), batch["action"].to(device))
+            (loss / t.grad_accum).backward()
+            loss_sum += loss.item() / t.grad_accum
+            for k, v in logs.items():
+                logs_sum[k] = logs_sum.get(k, 0.0) + v / t.grad_accum
+        grad_norm = clip_gradients(params, t.clip_grad_norm)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(step)
+        window_steps += 1
+        if not math.isfinite(grad_norm):
+            raise FloatingPointError(f"non-finite gradient norm at iteration {step}; lower trainer.lr?")
+
+        if step % t.log_every == 0 or step == t.max_iter:
+            dt = time.perf_counter() - window_t0
+            keys = sorted(logs_sum)
+            totals = torch.tensor(
+                [loss_sum] + [logs_sum[k] for k in keys], dtype=torch.float64, device=device
+            )
+            dist.all_reduce(totals)
+            totals = (totals / (info.world_size * window_steps)).tolist()
+            windows = window_steps * t.grad_accum * t.batch_size * info.world_size
+            record: dict[str, Any] = {
+                "iter": step,
+                "loss": totals[0],
+                **dict(zip(keys, totals[1:])),
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "it_per_s": window_steps / dt,
+                "frames_per_s": windows * model_cfg.num_frames / dt,
+                "tflops_per_s_per_rank": flops * windows / dt / info.world_size / 1e12,
+                "mfu": (flops * windows / dt / (peak * info.world_size)) if peak else "n/a",
+            }
+            log.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", it_s=f"{record['it_per_s']:.2f}")
+            window_t0, window_steps, loss_sum, logs_sum = time.perf_counter(), 0, 0.0, {}
+        bar.update(1)
+
+        if t.val_every and (step % t.val_every == 0 or step == t.max_iter):
+            record = {"iter": step, **validation_loss(root, fixed_val, device, t.seed)}
+            if cfg.stage != "tokenizer" and t.val_rollout_steps > 0:
+                eval_model = gather_ema_model(ema, model, eval_model, main)
+                if main and eval_model is not None:
+                    video = job_dir / "val" / f"iter_{step:09d}.mp4"
+                    record.update(validation_rollout(eval_model, val_ds, t.val_rollout_steps, t.seed, video))
+            log.write(record)
+            if main:
+                tqdm.write("validation: " + json.dumps({k: round(v, 4) for k, v in record.items()}))
+            window_t0 = time.perf_counter()  # validation time is not training throughput
+
+        if (cfg.checkpoint.save_iter and step % cfg.checkpoint.save_iter == 0) or step == t.max_iter:
+            trainer_state = {
+                "iteration": step,
+                "epoch": stream.position.epoch,
+                "index": stream.position.index,
+                "rng": rng_state(device),
+            }
+            meta = {
+                "iteration": step,
+                "stage": cfg.stage,
+                "experiment": cfg.experiment,
+                "world_size": info.world_size,
+                "model_config": json.loads(model_cfg.to_json()),
+                "train_config": cfg.to_dict(),
+            }
+            manager.save(step, model, optimizer, scheduler, ema, trainer_state, meta)
+            window_t0 = time.perf_counter()
+    bar.close()
+    log.close()
+    if main:
+        print(f"worldsim-train: done at iteration {t.max_iter}; checkpoints in {manager.dir}", flush=True)
+    return job_dir
