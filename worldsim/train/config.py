@@ -72,6 +72,10 @@ class TrainerConfig:
     compile: bool = False  # torch.compile each transformer block
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     precision: str = "auto"  # bf16 | fp32 | auto (bf16 on CUDA, fp32 on CPU)
+    # Wall-clock budget in minutes (0 = none): after `warmup_iter` steps the measured speed sets how many
+    # steps fit, and the lr decay is re-aimed at that step. For fixed-length leases (a GPU you hold for
+    # 10 minutes); a resumed run gets a fresh budget. Exact resume holds only with 0.
+    max_minutes: float = 0.0
 
 
 @dataclass

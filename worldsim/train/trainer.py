@@ -52,6 +52,15 @@ def lr_lambda(warmup: int, max_iter: int, final_ratio: float):  # noqa: ANN201 -
     return factor
 
 
+def fit_to_budget(steps: int, seconds: float, max_minutes: float, now: int, last: int, info: DistInfo) -> int:
+    """The last iteration that fits a wall-clock budget, from the speed of the first `steps` steps
+    (agreed across ranks: the slowest rank decides), keeping 10% for validation and checkpoints."""
+    rate = torch.tensor([steps / max(seconds, 1e-6)], dtype=torch.float64, device=info.device)
+    dist.all_reduce(rate, op=dist.ReduceOp.MIN)
+    remaining = max(0.0, max_minutes * 60 - seconds) * 0.9
+    return max(now + 1, min(last, now + int(rate.item() * remaining)))
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW on the trainable parameters; no weight decay on biases and norm gains (1-D tensors)."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -131,8 +140,9 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
     parallelize(root, model, device, param_dtype, t.activation_checkpointing, t.compile)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(model, cfg, device)
+    last_iter = t.max_iter  # lowered once by a wall-clock budget (trainer.max_minutes)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(t.warmup_iter, t.max_iter, t.lr_final_ratio)
+        optimizer, lambda s: lr_lambda(t.warmup_iter, last_iter, t.lr_final_ratio)(s)
     )
     ema = EMA(model, t.ema_decay)
 
@@ -163,7 +173,15 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
     data = iter(stream)
     bar = tqdm(total=t.max_iter, initial=start, disable=not main, desc=cfg.experiment, dynamic_ncols=True)
     window_t0, window_steps, loss_sum, logs_sum = time.perf_counter(), 0, 0.0, {}
+    run_t0 = time.perf_counter()
     for step in range(start + 1, t.max_iter + 1):
+        if step > last_iter:
+            break
+        if t.max_minutes > 0 and step == start + t.warmup_iter + 1:
+            last_iter = fit_to_budget(
+                step - 1 - start, time.perf_counter() - run_t0, t.max_minutes, step - 1, last_iter, info
+            )
+            bar.total = last_iter
         for micro in range(t.grad_accum):
             batch = next(data)
             root.set_requires_gradient_sync(micro == t.grad_accum - 1)  # reduce-scatter once per step
@@ -182,7 +200,7 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
         if not math.isfinite(grad_norm):
             raise FloatingPointError(f"non-finite gradient norm at iteration {step}; lower trainer.lr?")
 
-        if step % t.log_every == 0 or step == t.max_iter:
+        if step % t.log_every == 0 or step == last_iter:
             dt = time.perf_counter() - window_t0
             keys = sorted(logs_sum)
             totals = torch.tensor(
@@ -207,7 +225,7 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
             window_t0, window_steps, loss_sum, logs_sum = time.perf_counter(), 0, 0.0, {}
         bar.update(1)
 
-        if t.val_every and (step % t.val_every == 0 or step == t.max_iter):
+        if t.val_every and (step % t.val_every == 0 or step == last_iter):
             record = {"iter": step, **validation_loss(root, fixed_val, device, t.seed)}
             if cfg.stage != "tokenizer" and t.val_rollout_steps > 0:
                 eval_model = gather_ema_model(ema, model, eval_model, main)
@@ -219,7 +237,7 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
                 tqdm.write("validation: " + json.dumps({k: round(v, 4) for k, v in record.items()}))
             window_t0 = time.perf_counter()  # validation time is not training throughput
 
-        if (cfg.checkpoint.save_iter and step % cfg.checkpoint.save_iter == 0) or step == t.max_iter:
+        if (cfg.checkpoint.save_iter and step % cfg.checkpoint.save_iter == 0) or step == last_iter:
             trainer_state = {
                 "iteration": step,
                 "epoch": stream.position.epoch,
@@ -239,5 +257,5 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
     bar.close()
     log.close()
     if main:
-        print(f"worldsim-train: done at iteration {t.max_iter}; checkpoints in {manager.dir}", flush=True)
+        print(f"worldsim-train: done at iteration {last_iter}; checkpoints in {manager.dir}", flush=True)
     return job_dir
