@@ -129,3 +129,45 @@ def test_action_stage_starts_from_tokenizer_checkpoint(data, out, tmp_path):
     assert not torch.equal(
         act["model.tokenizer.latent_scale"], torch.ones_like(act["model.tokenizer.latent_scale"])
     )
+
+
+def test_convert_writes_weight_files_and_a_bundle_equal_to_the_ema(reference, data, tmp_path):
+    import numpy as np
+
+    from worldsim.models.world_model import WorldModel
+    from worldsim.train.convert import ConvertError, main
+
+    ckpt = reference / "checkpoints" / "iter_000000030" / "model"
+    out = tmp_path / "converted"
+    assert (
+        main([str(ckpt), str(out), "--start-frames", str(data), "--split", "val", "--num-start-frames", "4"])
+        == 0
+    )
+    ema = {k.removeprefix("ema."): v for k, v in load_dcp(ckpt, tmp_path).items() if k.startswith("ema.")}
+    assert ema
+    files = {name: torch.load(out / name, weights_only=True) for name in
+             ("model.pt", "model_ema_fp32.pt", "model_ema_bf16.pt")}  # fmt: skip
+    for name, value in ema.items():
+        assert torch.equal(files["model_ema_fp32.pt"]["model"][name], value), name
+        assert torch.equal(files["model_ema_bf16.pt"]["model"][name], value.bfloat16()), name
+        assert torch.equal(files["model.pt"]["ema"][name], value), name
+    bundle = WorldModel.from_pretrained(out / "bundle")
+    for name, value in bundle.state_dict().items():
+        assert torch.equal(value, files["model_ema_fp32.pt"]["model"][name]), name
+    starts = WorldModel.start_frames(out / "bundle")
+    assert starts["images"].shape == (1, bundle.cfg.height, bundle.cfg.width, 3)  # one val episode
+    assert np.isfinite(starts["ee_states"]).all()
+    # The bundle rolls out exactly like a model built from the converted EMA file.
+    live = WorldModel(bundle.cfg)
+    live.load_state_dict(files["model_ema_fp32.pt"]["model"])
+    frames = []
+    for m in (bundle, live.eval()):
+        r = m.rollout(batch_size=1, seed=0)
+        r.reset(starts["images"])
+        frames.append(np.stack([r.step(np.tile([0.01, 0, 0, 0, 0, 0, 1.0], (1, 1))) for _ in range(3)]))
+    assert np.array_equal(frames[0], frames[1])
+    assert main([str(tmp_path / "nowhere"), str(out)]) == 2
+    with pytest.raises(ConvertError, match="not a DCP checkpoint"):
+        from worldsim.train.convert import read_checkpoint
+
+        read_checkpoint(tmp_path)
