@@ -1,0 +1,71 @@
+"""Policy ranking: correlation on known inputs, and the object belief the policies act through."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from worldsim.eval.policy_ranking import ObjectBelief, ranking_correlation, sim_policy_episode
+from worldsim.sim.scene import BLOCK_HALF, BOWL_FLOOR
+from worldsim.sim.tasks import make_task
+
+
+def test_correlation_of_known_rankings():
+    sim = np.array([0.9, 0.7, 0.5, 0.2, 0.0])
+    assert ranking_correlation(sim, sim) == pytest.approx(
+        {"pearson": 1.0, "spearman": 1.0, "pearson_p": 0.0, "spearman_p": 0.0}, abs=1e-6
+    )
+    reversed_ = ranking_correlation(sim, 1.0 - sim)  # the ranking upside down
+    assert reversed_["pearson"] == pytest.approx(-1.0) and reversed_["spearman"] == pytest.approx(-1.0)
+    # Same order, different spacing: Spearman stays 1, Pearson is the textbook formula.
+    world = sim**3
+    r = ranking_correlation(sim, world)
+    x, y = sim - sim.mean(), world - world.mean()
+    assert r["spearman"] == pytest.approx(1.0)
+    assert r["pearson"] == pytest.approx((x @ y) / np.sqrt((x @ x) * (y @ y)), abs=1e-4)
+    assert r["pearson"] < 1.0
+    swapped = ranking_correlation(sim, np.array([0.9, 0.5, 0.7, 0.2, 0.0]))
+    assert swapped["spearman"] == pytest.approx(stats.spearmanr(sim, [0.9, 0.5, 0.7, 0.2, 0.0])[0], abs=1e-4)
+
+
+def test_correlation_is_undefined_for_a_constant_world():
+    r = ranking_correlation(np.array([0.1, 0.5, 0.9]), np.zeros(3))
+    assert r["pearson"] is None and r["spearman"] is None
+
+
+def _belief() -> ObjectBelief:
+    positions = {
+        "block_0": np.array([0.30, 0.00, BLOCK_HALF]),
+        "block_1": np.array([0.30, -0.15, BLOCK_HALF]),
+        "block_2": np.array([0.40, 0.15, BLOCK_HALF]),
+        "bowl": np.array([0.25, 0.15, 0.0]),
+    }
+    return ObjectBelief(make_task("pick_place"), positions, dict.fromkeys(positions, 0.0), np.zeros(7))
+
+
+def test_belief_carries_a_closed_on_block_and_drops_it_into_the_bowl():
+    belief = _belief()
+    close, open_ = np.array([0, 0, 0, 0, 0, 0, 0.0]), np.array([0, 0, 0, 0, 0, 0, 1.0])
+    belief.observe(np.array([0.30, 0.005, 0.02, 0, 0, 0, 0]), close)  # fingers close around block_0
+    assert belief.is_grasped("block_0") and not belief.is_grasped("block_1")
+    belief.observe(np.array([0.25, 0.155, 0.12, 0, 0, 0, 1]), close)  # carried above the bowl
+    np.testing.assert_allclose(belief.body_pos("block_0"), [0.25, 0.15, 0.12])
+    belief.observe(np.array([0.25, 0.155, 0.12, 0, 0, 0, 0]), open_)  # let go: falls onto the bowl floor
+    assert not belief.is_grasped("block_0")
+    np.testing.assert_allclose(belief.body_pos("block_0"), [0.25, 0.15, BOWL_FLOOR + BLOCK_HALF])
+
+
+def test_belief_pushes_a_block_ahead_of_low_closed_fingers():
+    belief = _belief()
+    close = np.array([0, 0, 0, 0, 0, 0, 0.0])
+    belief.observe(np.array([0.30, -0.06, 0.022, 0, 0, 0, 1]), close)
+    belief.observe(np.array([0.30, -0.02, 0.022, 0, 0, 0, 1]), close)  # sweeping +y into block_0
+    assert belief.body_pos("block_0")[1] > -0.02 + BLOCK_HALF
+    assert not belief.is_grasped("block_0")
+
+
+def test_expert_succeeds_in_bridgesim_through_the_belief():
+    episodes = [sim_policy_episode("expert", 2000 + i, 60, (48, 64), (32, 48)) for i in range(2)]
+    assert all(e["success"] for e in episodes)
+    assert episodes[0]["start"].shape == (32, 48, 3) and episodes[0]["start"].dtype == np.uint8
