@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# How the bundled model is made, end to end, on one GPU machine with many CPU cores:
+#   BridgeSim data -> tokenizer -> video2world -> action post-training -> convert -> eval -> benchmarks.
+# Each stage has a wall-clock budget (trainer.max_minutes) so the whole run fits one GPU lease;
+# every stage is resumable (rerun the script: finished stages are skipped, a stage in progress resumes).
+#
+#   WORK=/root/ws bash scripts/gpu_pipeline.sh            # writes everything under $WORK
+#
+# Environment knobs (minutes and counts): TRAIN_EPISODES VAL_EPISODES GEN_MINUTES TOK_MINUTES
+# V2W_MINUTES ACT_MINUTES WORKERS. Logs go to $WORK/logs/*.log; progress lines to stdout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${WORK:-/root/ws}
+DATA=$WORK/data
+export WORLDSIM_OUTPUT_ROOT=$WORK/output
+export MUJOCO_GL=${MUJOCO_GL:-egl}
+export PYTHONUNBUFFERED=1
+TRAIN_EPISODES=${TRAIN_EPISODES:-3000}
+VAL_EPISODES=${VAL_EPISODES:-100}
+GEN_MINUTES=${GEN_MINUTES:-5}
+TOK_MINUTES=${TOK_MINUTES:-4}
+V2W_MINUTES=${V2W_MINUTES:-2}
+ACT_MINUTES=${ACT_MINUTES:-9}
+WORKERS=${WORKERS:-$(($(nproc) - 1))}
+RES=${RES:-256,320}
+MIN_EPISODES=${MIN_EPISODES:-200}  # train episodes written before the tokenizer starts
+EXTRA=${EXTRA:-}  # extra dotted overrides for every training stage (e.g. a CPU dry run)
+mkdir -p "$WORK/logs"
+say() { echo "[$(date +%H:%M:%S)] $*"; }
+job() { echo "$WORLDSIM_OUTPUT_ROOT/worldsim/bridge/$1"; }
+latest() { local j; j=$(job "$1"); echo "$j/checkpoints/$(cat "$j/checkpoints/latest_checkpoint.txt")"; }
+done_stage() { [ -f "$WORK/logs/$1.done" ]; }
+
+# 1. Data. Validation first (small); the training split is generated in the background while the
+# tokenizer trains on the episodes already written (writes are atomic: a reader never sees half an
+# episode), and generation stops at its time budget with however many episodes it has.
+if ! done_stage gen_val; then
+  say "generating $VAL_EPISODES val episodes"
+  python -m worldsim.sim.generate --out "$DATA" --episodes "$VAL_EPISODES" --split val --seed 1 \
+    --workers "$WORKERS" --resolution "$RES" > "$WORK/logs/gen_val.log" 2>&1
+  touch "$WORK/logs/gen_val.done"
+fi
+GEN_PID=""
+if ! done_stage gen_train; then
+  say "generating up to $TRAIN_EPISODES train episodes for at most $GEN_MINUTES min (background)"
+  (timeout "$((GEN_MINUTES * 60))" python -m worldsim.sim.generate --out "$DATA" --episodes "$TRAIN_EPISODES" \
+     --split train --seed 0 --workers "$WORKERS" --resolution "$RES" > "$WORK/logs/gen_train.log" 2>&1 || true
+   touch "$WORK/logs/gen_train.done") &
+  GEN_PID=$!
+  while [ "$(ls "$DATA/annotation/train" 2>/dev/null | grep -c '\.json$')" -lt "$MIN_EPISODES" ]; do sleep 5; done
+fi
+
+# 2. Tokenizer (while generation goes on).
+if ! done_stage tokenizer; then
+  say "tokenizer: $(ls "$DATA/annotation/train" | grep -c '\.json$') episodes so far"
+  python -m worldsim.train experiment=bridge_small_tokenizer dataset.root="$DATA" dataset.num_workers=2 \
+    trainer.max_minutes="$TOK_MINUTES" trainer.batch_size=16 trainer.val_every=2000 checkpoint.save_iter=2000 $EXTRA \
+    > "$WORK/logs/tokenizer.log" 2>&1
+  touch "$WORK/logs/tokenizer.done"
+fi
+[ -n "$GEN_PID" ] && wait "$GEN_PID"
+say "train episodes: $(ls "$DATA/annotation/train" | grep -c '\.json$'); $(tail -c 300 "$WORK/logs/gen_train.log" | tr '\r' '\n' | grep wrote || true)"
+
+# 3. Decode + resize every episode once into the frame cache, on all cores.
+if ! done_stage cache; then
+  python - "$DATA" "$WORKERS" <<'EOF'
+import sys
+from worldsim.data.dataset import BridgeWindowDataset
+from worldsim.models.config import get_preset
+cfg = get_preset("small")
+for split in ("train", "val"):
+    BridgeWindowDataset(sys.argv[1], split, resolution=(cfg.height, cfg.width)).build_cache(workers=int(sys.argv[2]))
+EOF
+  touch "$WORK/logs/cache.done"
+fi
+
+# 4. Video2world pre-training (no actions), then action post-training from it.
+if ! done_stage video2world; then
+  say "video2world from $(latest bridge_small_tokenizer)"
+  python -m worldsim.train experiment=bridge_small_video2world dataset.root="$DATA" dataset.num_workers=6 \
+    load_path="$(job bridge_small_tokenizer)/checkpoints" trainer.max_minutes="$V2W_MINUTES" trainer.batch_size=32 \
+    trainer.warmup_iter=200 trainer.val_every=100000 checkpoint.save_iter=100000 $EXTRA > "$WORK/logs/video2world.log" 2>&1
+  touch "$WORK/logs/video2world.done"
+fi
+if ! done_stage action; then
+  say "action post-training from $(latest bridge_small_video2world)"
+  python -m worldsim.train experiment=bridge_small_action dataset.root="$DATA" dataset.num_workers=6 \
+    load_path="$(job bridge_small_video2world)/checkpoints" trainer.max_minutes="$ACT_MINUTES" trainer.batch_size=32 \
+    trainer.lr=2e-4 trainer.warmup_iter=200 trainer.val_every=1500 checkpoint.save_iter=1500 $EXTRA \
+    > "$WORK/logs/action.log" 2>&1
+  touch "$WORK/logs/action.done"
+fi
+
+# 5. Convert the last action checkpoint into the bundle (EMA weights + start frames from val).
+say "convert $(latest bridge_small_action)"
+python -m worldsim.train.convert "$(latest bridge_small_action)/model" "$WORK/converted" \
+  --start-frames "$DATA" --split val --num-start-frames 32 > "$WORK/logs/convert.log" 2>&1
+say "done: bundle in $WORK/converted/bundle"
