@@ -77,9 +77,9 @@ class _Worlds:
         clip_warn: bool,
     ) -> None:
         if isinstance(dtype, str):
-            if dtype not in _DTYPES:
-                raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-            dtype = _DTYPES[dtype]
+            if dtype not in _DTYPES and dtype != "auto":
+                raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
+            dtype = _DTYPES.get(dtype)  # "auto" -> None: worldsim.models.world_model.inference_dtype
         self.model = load_shared(
             checkpoint, best_device(device) if isinstance(device, str) else device, dtype
         )
@@ -273,8 +273,8 @@ class BridgeWorldEnv(gym.Env):
 
     - `checkpoint`: a bundle folder or `.safetensors` file; None = the bundled `checkpoints/bridge_small`.
       The weights are loaded once per process and shared by every env on the same device and dtype.
-    - `device`: `"auto"` (CUDA when available), `"cpu"`, `"cuda"`, ...; `dtype`: `"float32"`,
-      `"bfloat16"` or `"float16"`.
+    - `device`: `"auto"` (CUDA when available), `"cpu"`, `"cuda"`, ...; `dtype`: `"auto"` (bf16 on
+      CUDA and on CPUs with native bf16 kernels, else fp32), `"float32"`, `"bfloat16"` or `"float16"`.
     - `denoise_steps`, `num_context_frames`, `context_noise`: sampling settings; None = the checkpoint's.
     - `render_mode`: None or `"rgb_array"`; `render()` returns the current frame.
     - `resolution`: (H, W) of observed images; None = the model's; other sizes are resized (antialiased).
@@ -295,7 +295,7 @@ class BridgeWorldEnv(gym.Env):
         self,
         checkpoint: str | Path | None = None,
         device: str | torch.device = "auto",
-        dtype: str | torch.dtype = "float32",
+        dtype: str | torch.dtype = "auto",
         denoise_steps: int | None = None,
         num_context_frames: int | None = None,
         context_noise: float | None = None,
@@ -376,7 +376,7 @@ class BridgeWorldVectorEnv(VectorEnv):
         max_episode_steps: int | None = MAX_EPISODE_STEPS,
         checkpoint: str | Path | None = None,
         device: str | torch.device = "auto",
-        dtype: str | torch.dtype = "float32",
+        dtype: str | torch.dtype = "auto",
         denoise_steps: int | None = None,
         num_context_frames: int | None = None,
         context_noise: float | None = None,

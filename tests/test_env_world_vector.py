@@ -15,13 +15,18 @@ from worldsim.sim.spaces import ACTION_HIGH, ACTION_LOW, bridge_action_space, br
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+# Exact agreement across batch sizes is a float32 property: in bf16 (the CPU default where the CPU has
+# bf16 kernels) a world's keys are rounded after RoPE at its absolute position in the shared clock.
+EXACT = {"device": "cpu", "dtype": "float32"}
+
+
 def make_vec(bundle, num_envs: int, **kwargs) -> BridgeWorldVectorEnv:
     return gym.make_vec(
         "BridgeWorld-v0",
         num_envs=num_envs,
         vectorization_mode="vector_entry_point",
         checkpoint=bundle,
-        device="cpu",
+        **EXACT,
         **kwargs,
     )
 
@@ -58,7 +63,7 @@ def test_vector_env_gives_the_frames_of_n_single_envs_with_the_same_seeds(world_
     obs, _ = envs.reset(seed=10)
     vec = [obs] + [envs.step(a)[0] for a in actions]
     for i in range(n):
-        single = BridgeWorldEnv(checkpoint=world_bundle, device="cpu")
+        single = BridgeWorldEnv(checkpoint=world_bundle, **EXACT)
         obs, _ = single.reset(seed=10 + i)  # SyncVectorEnv's convention: world i gets seed + i
         ones = [obs] + [single.step(a[i])[0] for a in actions]
         for t, (v, s) in enumerate(zip(vec, ones)):
@@ -71,7 +76,7 @@ def test_autoreset_next_step_and_partial_resets_match_single_envs(world_bundle):
     """Worlds reset at different times (a reset_mask, then staggered time limits) still match single
     envs step for step: a reset of one world must not disturb the others."""
     envs = make_vec(world_bundle, 2, max_episode_steps=3)
-    singles = [BridgeWorldEnv(checkpoint=world_bundle, device="cpu") for _ in range(2)]
+    singles = [BridgeWorldEnv(checkpoint=world_bundle, **EXACT) for _ in range(2)]
     rng = np.random.default_rng(1)
     actions = rng.uniform(ACTION_LOW, ACTION_HIGH, (6, 2, 7)).astype(np.float32)
 

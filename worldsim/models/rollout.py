@@ -85,6 +85,10 @@ class Rollout:
         # A partial reset puts the new start frame in place of these worlds' current frame (position
         # frame_index - 1): advancing the shared clock would leave every other world a gap in time.
         self.frame_index -= int(self.latents is not None and len(idx) < self.batch_size)
+        if len(idx) == self.batch_size:
+            # RoPE is relative, but keys are rounded after rotation (bf16 especially), so the same
+            # episode must see the same absolute positions: a full reset restarts the clock.
+            self.frame_index = 0
         if not self.use_cache:
             if len(idx) != self.batch_size:
                 raise ValueError("the uncached reference rollout resets all worlds at once")
