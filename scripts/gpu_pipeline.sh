@@ -25,7 +25,13 @@ WORKERS=${WORKERS:-$(($(nproc) - 1))}
 RES=${RES:-256,320}
 MIN_EPISODES=${MIN_EPISODES:-200}  # train episodes written before the tokenizer starts
 EXTRA=${EXTRA:-}  # extra dotted overrides for every training stage (e.g. a CPU dry run)
+ACT_BATCH=${ACT_BATCH:-32}
+ACT_LR=${ACT_LR:-2e-4}
+# Continue action post-training from an earlier bundle/checkpoint instead of training the tokenizer and
+# video2world stages first (a later lease improving the shipped model).
+ACTION_INIT=${ACTION_INIT:-}
 mkdir -p "$WORK/logs"
+if [ -n "$ACTION_INIT" ]; then touch "$WORK/logs/tokenizer.done" "$WORK/logs/video2world.done"; fi
 say() { echo "[$(date +%H:%M:%S)] $*"; }
 job() { echo "$WORLDSIM_OUTPUT_ROOT/worldsim/bridge/$1"; }
 latest() { local j; j=$(job "$1"); echo "$j/checkpoints/$(cat "$j/checkpoints/latest_checkpoint.txt")"; }
@@ -47,7 +53,7 @@ if ! done_stage gen_train; then
      --split train --seed 0 --workers "$WORKERS" --resolution "$RES" > "$WORK/logs/gen_train.log" 2>&1 || true
    touch "$WORK/logs/gen_train.done") &
   GEN_PID=$!
-  while [ "$(ls "$DATA/annotation/train" 2>/dev/null | grep -c '\.json$')" -lt "$MIN_EPISODES" ]; do sleep 5; done
+  while [ -z "$ACTION_INIT" ] && [ "$(ls "$DATA/annotation/train" 2>/dev/null | grep -c '\.json$')" -lt "$MIN_EPISODES" ]; do sleep 5; done
 fi
 
 # 2. Tokenizer (while generation goes on).
@@ -58,7 +64,7 @@ if ! done_stage tokenizer; then
     > "$WORK/logs/tokenizer.log" 2>&1
   touch "$WORK/logs/tokenizer.done"
 fi
-[ -n "$GEN_PID" ] && wait "$GEN_PID"
+if [ -n "$GEN_PID" ]; then wait "$GEN_PID"; fi
 say "train episodes: $(ls "$DATA/annotation/train" | grep -c '\.json$'); $(tail -c 300 "$WORK/logs/gen_train.log" | tr '\r' '\n' | grep wrote || true)"
 
 # 3. Decode + resize every episode once into the frame cache, on all cores.
@@ -83,10 +89,11 @@ if ! done_stage video2world; then
   touch "$WORK/logs/video2world.done"
 fi
 if ! done_stage action; then
-  say "action post-training from $(latest bridge_small_video2world)"
+  INIT=${ACTION_INIT:-$(job bridge_small_video2world)/checkpoints}
+  say "action post-training from $INIT"
   python -m worldsim.train experiment=bridge_small_action dataset.root="$DATA" dataset.num_workers=6 \
-    load_path="$(job bridge_small_video2world)/checkpoints" trainer.max_minutes="$ACT_MINUTES" trainer.batch_size=32 \
-    trainer.lr=2e-4 trainer.warmup_iter=200 trainer.val_every=1500 checkpoint.save_iter=1500 $EXTRA \
+    load_path="$INIT" trainer.max_minutes="$ACT_MINUTES" trainer.batch_size="$ACT_BATCH" \
+    trainer.lr="$ACT_LR" trainer.warmup_iter=200 trainer.val_every=1500 checkpoint.save_iter=1500 $EXTRA \
     > "$WORK/logs/action.log" 2>&1
   touch "$WORK/logs/action.done"
 fi
