@@ -18,8 +18,6 @@ progress bar; otherwise entries are built on first access.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from worldsim.atomic import atomic_write
 from worldsim.data.actions import ACTION_SCALER, GripperSignal
 from worldsim.data.bridge import BridgeFormatError, Episode, load_split
 
@@ -59,18 +58,6 @@ def _save_npy(path: str, array: np.ndarray) -> None:
     """np.save to exactly `path` (np.save on a name would append ".npy" to a temporary name)."""
     with open(path, "wb") as f:
         np.save(f, array)
-
-
-def _write_atomic(path: Path, write: Any) -> None:
-    """Call write(tmp_path) on a temporary file beside `path`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class BridgeWindowDataset(Dataset):
@@ -201,9 +188,9 @@ class BridgeWindowDataset(Dataset):
         frames = self._decode(i)
         npy, sidecar = self.cache_paths(i)
         npy.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(npy, lambda tmp: _save_npy(tmp, frames))
+        atomic_write(npy, lambda tmp: _save_npy(tmp, frames))
         key = self._source_key(i)
-        _write_atomic(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(key)))
+        atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(key)))
 
     def _episode_video(self, i: int) -> np.ndarray:
         """Episode i's (T, 3, H, W) uint8 frames: a memmap of the cache, or a fresh decode if cache=False."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import av
 import numpy as np
+
+from worldsim.atomic import atomic_write
 
 
 class VideoError(ValueError):
@@ -59,14 +60,4 @@ def encode_video(frames: np.ndarray, path: str | os.PathLike, fps: float = 5.0, 
 
 def write_video(frames: np.ndarray, path: str | os.PathLike, fps: float = 5.0, crf: int = 18) -> Path:
     """Atomically write an h264 mp4: encode to a temporary file beside `path`, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4.tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        encode_video(frames, tmp, fps=fps, crf=crf)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: encode_video(frames, tmp, fps=fps, crf=crf))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from worldsim.atomic import atomic_write
 from worldsim.models.config import WorldModelConfig
 from worldsim.models.dynamics import DynamicsTransformer
 from worldsim.models.tokenizer import Tokenizer
@@ -62,11 +62,11 @@ class WorldModel(nn.Module):
             for k, v in self.state_dict().items()
         }
         metadata = {"config": self.cfg.to_json(), "format": "worldsim", **(extra_metadata or {})}
-        _atomic(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
         if start_frames is not None:
             images = np.asarray(start_frames["images"], dtype=np.uint8)
             ee = np.asarray(start_frames["ee_states"], dtype=np.float32)
-            _atomic(
+            atomic_write(
                 path / START_FRAMES_NAME,
                 lambda tmp: np.savez_compressed(open(tmp, "wb"), images=images, ee_states=ee),
             )
@@ -136,18 +136,6 @@ def read_config(file: Path) -> WorldModelConfig:
         return WorldModelConfig.from_json(meta["config"])
     except (ValueError, TypeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{file}: bad 'config' metadata ({e})") from e
-
-
-def _atomic(path: Path, write) -> None:  # noqa: ANN001
-    """Call write(tmp_path) then rename over `path`, so readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 _LOADED: dict[tuple[str, str, str], WorldModel] = {}

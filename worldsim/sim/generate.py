@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from worldsim.atomic import atomic_write
 from worldsim.data.actions import relative_pose_actions
 from worldsim.data.video import write_video
 from worldsim.sim.bridge_sim import BridgeSim
@@ -116,16 +115,13 @@ def annotation(episode: Episode, split: str, episode_id: int, seed: int) -> dict
 
 
 def _write_json(data: dict, path: Path) -> None:
-    """Atomically write JSON: a temporary file beside `path`, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".json.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
+    """Atomically write JSON (a reader sees the whole episode or none of it)."""
+
+    def dump(tmp: str) -> None:
+        with open(tmp, "w") as f:
             json.dump(data, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(path, dump)
 
 
 def write_episode(out: Path, split: str, episode_id: int, frames: np.ndarray, data: dict) -> None:

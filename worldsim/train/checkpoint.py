@@ -40,6 +40,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from worldsim.atomic import atomic_write_text
 from worldsim.train.ema import EMA
 
 LATEST = "latest_checkpoint.txt"
@@ -51,12 +52,6 @@ SAVE_DELAY_ENV = "WORLDSIM_TEST_SAVE_DELAY"
 
 def iter_name(iteration: int) -> str:
     return f"iter_{iteration:09d}"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------ RNG state
@@ -132,7 +127,7 @@ class CheckpointManager:
             time.sleep(float(delay.split(":")[1]))
         dist.barrier()  # every rank's part is on disk
         if self.rank == 0:
-            _atomic_write_text(self.dir / LATEST, folder.name + "\n")
+            atomic_write_text(self.dir / LATEST, folder.name + "\n")
             self._prune(iteration)
         return folder
 

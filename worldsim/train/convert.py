@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+from worldsim.atomic import atomic_write
 from worldsim.models.config import WorldModelConfig
-from worldsim.models.world_model import WorldModel, _atomic
+from worldsim.models.world_model import WorldModel
 
 
 class ConvertError(ValueError):
@@ -96,7 +97,7 @@ def convert(
     }  # fmt: skip
     written = {}
     for name, obj in files.items():
-        _atomic(out_dir / name, lambda tmp, obj=obj: torch.save(obj, tmp))
+        atomic_write(out_dir / name, lambda tmp, obj=obj: torch.save(obj, tmp))
         written[name] = out_dir / name
     bundle = model.save_pretrained(
         out_dir / "bundle", start_frames=start_frames, extra_metadata={"stage": stage}
