@@ -208,9 +208,11 @@ class TeleopApp:
             return gr.update(value=str(session.export(path)), visible=True)
 
 
-def build_app(checkpoint: str | os.PathLike | None = None, device: str = "cpu") -> gr.Blocks:
+def build_app(
+    checkpoint: str | os.PathLike | None = None, device: str = "cpu", compile: bool = False
+) -> gr.Blocks:
     """The teleop page over the model at `checkpoint` (default: the bundled model), not yet launched."""
-    model = load_shared(checkpoint, device=device)
+    model = load_shared(checkpoint, device=device, compile=compile)
     app = TeleopApp(model, WorldModel.start_frames(checkpoint))
     world = dict(concurrency_id="world", concurrency_limit=WORLD_CONCURRENCY, trigger_mode="once")
     with gr.Blocks(title="worldsim teleop") as demo:
@@ -319,13 +321,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also make a public gradio.live link")
     parser.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda, ...)")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (slower start, ~20%% faster steps)"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point: `worldsim-teleop`."""
     args = parse_args(argv)
-    launch(build_app(args.checkpoint, device=args.device), args.host, args.port, args.share)
+    launch(
+        build_app(args.checkpoint, device=args.device, compile=args.compile), args.host, args.port, args.share
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from worldsim.models.config import get_preset
+from worldsim.models.config import PRESETS, get_preset
 from worldsim.models.world_model import WorldModel
 
 
@@ -43,19 +43,32 @@ def time_steps(rollout, actions: np.ndarray, n: int, device: torch.device) -> fl
 
 
 def bench(
-    name: str, batch: int, device: torch.device, dtype: torch.dtype, steps: int, cache_off: bool, graph: bool
+    name: str,
+    batch: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    steps: int,
+    cache_off: bool,
+    graph: bool,
+    compile: bool = False,
 ) -> dict:
-    cfg = get_preset(name)
-    torch.manual_seed(0)
-    model = WorldModel(cfg).to(device=device, dtype=dtype).eval()
-    with torch.no_grad():  # randomise the zero-initialised layers so no kernel sees only zeros
-        for p in model.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(std=0.02)
+    """One row: `name` is a preset (random weights) or a bundle folder / .safetensors file."""
+    if name in PRESETS:
+        torch.manual_seed(0)
+        model = WorldModel(get_preset(name)).to(device=device, dtype=dtype).eval()
+        with torch.no_grad():  # randomise the zero-initialised layers so no kernel sees only zeros
+            for p in model.parameters():
+                if p.abs().sum() == 0:
+                    p.normal_(std=0.02)
+    else:
+        model = WorldModel.from_pretrained(name, device=device, dtype=dtype)
+    cfg = model.cfg
     frames = np.random.default_rng(0).integers(0, 256, (batch, cfg.height, cfg.width, 3), dtype=np.uint8)
     actions = np.tile([0.01, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], (batch, 1))
     row = {
-        "preset": name,
+        "preset": cfg.name,
+        "model": name,
+        "compiled": compile,
         "batch": batch,
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
@@ -70,6 +83,8 @@ def bench(
     with FlopCounterMode(display=False) as counter:
         rollout.step(actions)
     row["gflop_per_frame"] = counter.get_total_flops() / batch / 1e9
+    if compile:  # after counting: a dispatch mode around a compiled call would force recompiles
+        model.dynamics.compile(dynamic=False)
     if graph and device.type == "cuda":
         rollout.enable_cuda_graph()
     time_steps(rollout, actions, 3, device)
@@ -94,7 +109,8 @@ def main() -> None:
     parser.add_argument(
         "--dtype", default=None, help="float32 | bfloat16 (default: bf16 on CUDA, fp32 on CPU)"
     )
-    parser.add_argument("--presets", nargs="+", default=["small"])
+    parser.add_argument("--presets", nargs="+", default=["small"], help="presets and/or bundle paths")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the dynamics transformer")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
@@ -120,7 +136,7 @@ def main() -> None:
     for name in args.presets:
         for batch in args.batch_sizes:
             cache_off = not args.no_cache_off and batch <= 16
-            row = bench(name, batch, device, dtype, args.steps, cache_off, not args.no_graph)
+            row = bench(name, batch, device, dtype, args.steps, cache_off, not args.no_graph, args.compile)
             rows.append(row)
             extra = (
                 f"  cache off {row['ms_per_step_cache_off']:.1f} ms ({row['cache_speedup']:.1f}x)"

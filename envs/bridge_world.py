@@ -75,13 +75,14 @@ class _Worlds:
         context_noise: float | None,
         resolution: tuple[int, int] | None,
         clip_warn: bool,
+        compile: bool = False,
     ) -> None:
         if isinstance(dtype, str):
             if dtype not in _DTYPES and dtype != "auto":
                 raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
             dtype = _DTYPES.get(dtype)  # "auto" -> None: worldsim.models.world_model.inference_dtype
         self.model = load_shared(
-            checkpoint, best_device(device) if isinstance(device, str) else device, dtype
+            checkpoint, best_device(device) if isinstance(device, str) else device, dtype, compile=compile
         )
         cfg = self.model.cfg
         self.model_size = (cfg.height, cfg.width)
@@ -279,6 +280,8 @@ class BridgeWorldEnv(gym.Env):
     - `render_mode`: None or `"rgb_array"`; `render()` returns the current frame.
     - `resolution`: (H, W) of observed images; None = the model's; other sizes are resized (antialiased).
     - `clip_warn`: warn (once) when an action is clipped.
+    - `compile`: `torch.compile` the transformer (about 20 s at the first step; then about 20% faster
+      steps on a CPU). On CUDA, `Rollout.enable_cuda_graph` is the faster route.
 
     `info` holds `ee_state` (float64) and `frame_index` (frames predicted since reset).
     For many worlds in one forward pass use `gym.make_vec("BridgeWorld-v0", num_envs=N,
@@ -302,6 +305,7 @@ class BridgeWorldEnv(gym.Env):
         render_mode: str | None = None,
         resolution: tuple[int, int] | None = None,
         clip_warn: bool = True,
+        compile: bool = False,
     ) -> None:
         _check_render_mode(render_mode)
         self.render_mode = render_mode
@@ -315,6 +319,7 @@ class BridgeWorldEnv(gym.Env):
             context_noise,
             resolution,
             clip_warn,
+            compile,
         )
         self.metadata = {**self.metadata, "render_fps": self.worlds.model.cfg.fps}
         self.action_space = bridge_action_space()
@@ -383,6 +388,7 @@ class BridgeWorldVectorEnv(VectorEnv):
         render_mode: str | None = None,
         resolution: tuple[int, int] | None = None,
         clip_warn: bool = True,
+        compile: bool = False,
     ) -> None:
         _check_render_mode(render_mode)
         if num_envs < 1:
@@ -399,6 +405,7 @@ class BridgeWorldVectorEnv(VectorEnv):
             context_noise,
             resolution,
             clip_warn,
+            compile,
         )
         self.metadata = {**self.metadata, "render_fps": self.worlds.model.cfg.fps}
         self.single_action_space = bridge_action_space()

@@ -158,15 +158,20 @@ def load_shared(
     path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
+    compile: bool = False,
 ) -> WorldModel:
     """`WorldModel.from_pretrained`, loaded once per (file, device, dtype) and shared: many envs, app
     sessions or vector envs hold their own `Rollout` (KV cache) over one set of weights.
-    dtype None: `inference_dtype(device)`."""
+    dtype None: `inference_dtype(device)`. `compile`: `torch.compile` the dynamics transformer (static
+    shapes; ~20 s at the first step, then ~20% faster CPU steps, measured on 2 cores)."""
     dtype = inference_dtype(device) if dtype is None else dtype
     file = resolve_weights(path).resolve()
-    key = (str(file), str(torch.device(device)), str(dtype))
+    key = (str(file), str(torch.device(device)), str(dtype), compile)
     if key not in _LOADED:
-        _LOADED[key] = WorldModel.from_pretrained(file, device=device, dtype=dtype)
+        model = WorldModel.from_pretrained(file, device=device, dtype=dtype)
+        if compile:
+            model.dynamics.compile(dynamic=False)
+        _LOADED[key] = model
     return _LOADED[key]
 
 
