@@ -116,5 +116,5 @@ def load_dcp(folder: Path, tmp: Path) -> dict[str, torch.Tensor]:
         elif isinstance(obj, torch.Tensor):
             flat[prefix[:-1]] = obj
 
-    walk("", torch.load(out, weights_only=False))  # our own file, just written
+    walk("", torch.load(out, weights_only=True))
     return flat

@@ -158,8 +158,8 @@ class CheckpointManager:
         scheduler.load_state_dict(torch.load(folder / "scheduler" / "scheduler.pt", weights_only=True))
         meta = json.loads((folder / "meta.json").read_text())
         rank_file = folder / "trainer" / f"rank_{self.rank:05d}.pt"
-        trainer_state = torch.load(rank_file if rank_file.exists() else folder / "trainer" / "rank_00000.pt",
-                                   weights_only=True)  # fmt: skip
+        state_file = rank_file if rank_file.exists() else folder / "trainer" / "rank_00000.pt"
+        trainer_state = torch.load(state_file, weights_only=True)
         if meta.get("world_size") != self.world_size:
             warnings.warn(
                 f"{folder}: saved by {meta.get('world_size')} ranks, resumed on {self.world_size}: weights and "
