@@ -1,0 +1,191 @@
+"""The engine side of BridgeWorld-v0: B worlds over one `Rollout`, with what an env adds to it —
+start states (bundle start frames, dataset episodes, any image), commanded end-effector poses and
+action checks. `BridgeWorldEnv` (B = 1) and `BridgeWorldVectorEnv` are thin gymnasium adapters over it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from worldsim.data.actions import euler2rotm, rotm2euler
+from worldsim.data.bridge import Episode, load_episode
+from worldsim.data.dataset import resize_frames
+from worldsim.models.rollout import Rollout
+from worldsim.models.world_model import WorldModel, best_device, load_shared
+from worldsim.sim.spaces import ACTION_HIGH, ACTION_LOW
+
+_SEED_HIGH = 2**63 - 1  # rollout noise seeds are drawn from np_random in [0, this)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_OPTIONS_HELP = (
+    "use no options (a start frame shipped with the checkpoint), {'episode': PATH_TO_ANNOTATION_JSON, "
+    "'frame': k} or {'image': uint8 (H, W, 3), 'ee_state': (7,)}"
+)
+
+
+def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(B, H0, W0, 3) uint8 -> (B, H, W, 3) uint8, bilinear with antialiasing, as the training data."""
+    if tuple(images.shape[1:3]) == tuple(size):
+        return images
+    return np.ascontiguousarray(resize_frames(images, size).transpose(0, 2, 3, 1))
+
+
+def _check_image(image: Any) -> np.ndarray:
+    img = np.asarray(image)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or min(img.shape[:2]) < 1:
+        raise ValueError(f"options['image'] must be a uint8 (H, W, 3) RGB array, got {img.dtype} {img.shape}")
+    return img
+
+
+def _check_ee_state(ee_state: Any) -> np.ndarray:
+    ee = np.asarray(ee_state, dtype=np.float64)
+    if ee.shape != (7,) or not np.isfinite(ee).all():
+        raise ValueError(
+            f"options['ee_state'] must be 7 finite numbers (x, y, z, roll, pitch, yaw, gripper), got {ee!r}"
+        )
+    return ee
+
+
+class _Worlds:
+    """B worlds over one `Rollout`, with what an env adds: start states, commanded poses, action checks."""
+
+    def __init__(
+        self,
+        num_worlds: int,
+        checkpoint: str | Path | None,
+        device: str | torch.device,
+        dtype: str | torch.dtype,
+        denoise_steps: int | None,
+        num_context_frames: int | None,
+        context_noise: float | None,
+        resolution: tuple[int, int] | None,
+        clip_warn: bool,
+        compile: bool = False,
+    ) -> None:
+        if isinstance(dtype, str):
+            if dtype not in _DTYPES and dtype != "auto":
+                raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
+            dtype = _DTYPES.get(dtype)  # "auto" -> None: worldsim.models.world_model.inference_dtype
+        self.model = load_shared(
+            checkpoint, best_device(device) if isinstance(device, str) else device, dtype, compile=compile
+        )
+        cfg = self.model.cfg
+        self.model_size = (cfg.height, cfg.width)
+        self.size = (int(resolution[0]), int(resolution[1])) if resolution is not None else self.model_size
+        self.rollout = Rollout(
+            self.model,
+            batch_size=num_worlds,
+            denoise_steps=denoise_steps,
+            num_context_frames=num_context_frames,
+            context_noise=context_noise,
+        )
+        self.start_frames = WorldModel.start_frames(checkpoint)
+        self.clip_warn = clip_warn
+        self._clip_warned = False
+        self._episode: tuple[tuple[str, int], Episode, np.ndarray] | None = None  # last decoded episode
+        B = num_worlds
+        self.images = np.zeros((B, *self.size, 3), dtype=np.uint8)  # current frames, observation size
+        # The commanded pose, kept as position + rotation matrix so integrating never round-trips eulers.
+        self.xyz = np.zeros((B, 3))
+        self.rotation = np.tile(np.eye(3), (B, 1, 1))
+        self.gripper = np.zeros(B)  # 1 = closed, as the data's continuous_gripper_state
+        self.steps = np.zeros(B, dtype=np.int64)  # frames predicted since each world's reset
+        self.started = False
+
+    # ---------------------------------------------------------------------------------- starts
+    def start(
+        self, options: dict[str, Any] | None, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The start image (uint8 (H, W, 3), any size) and ee_state (7,) that reset `options` ask for."""
+        options = options or {}
+        keys = set(options)
+        if not keys:
+            if self.start_frames is None:
+                raise ValueError(
+                    f"this checkpoint ships no start frames, so reset needs options: {_OPTIONS_HELP}"
+                )
+            k = int(rng.integers(len(self.start_frames["images"])))
+            return self.start_frames["images"][k], self.start_frames["ee_states"][k].astype(np.float64)
+        if "episode" in keys and keys <= {"episode", "frame"}:
+            return self._episode_start(options["episode"], options.get("frame", 0))
+        if keys == {"image", "ee_state"}:
+            return _check_image(options["image"]), _check_ee_state(options["ee_state"])
+        raise ValueError(f"reset options with keys {sorted(keys)} not understood: {_OPTIONS_HELP}")
+
+    def _episode_start(self, path: str | Path, frame: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Frame k of a Bridge episode and its state; the decoded video is kept for the next reset."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"options['episode']: annotation JSON not found: {path}")
+        key = (str(path.resolve()), path.stat().st_mtime_ns)
+        if self._episode is None or self._episode[0] != key:
+            episode = load_episode(path)
+            self._episode = (key, episode, episode.frames())
+        _, episode, frames = self._episode
+        T = episode.num_frames
+        if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)) or not 0 <= frame < T:
+            raise ValueError(
+                f"options['frame'] must be an int in [0, {T}) for {path} ({T} frames), got {frame!r}"
+            )
+        # The data's gripper closure (1 = closed) is continuous_gripper_state; the state's 7th column
+        # has no pinned convention (see worldsim/data/bridge.py).
+        ee = np.concatenate([episode.state[frame, :6], [episode.continuous_gripper_state[frame]]])
+        return frames[frame], ee
+
+    def reset(self, idx: np.ndarray, starts: list[tuple[np.ndarray, np.ndarray]], seeds: list[int]) -> None:
+        """Start worlds `idx` from `starts` (image, ee_state), their noise streams seeded by `seeds`."""
+        frames = np.stack([resize_images(image[None], self.model_size)[0] for image, _ in starts])
+        self.rollout.seed_worlds(seeds, idx)
+        self.rollout.reset(frames, which=idx)
+        for i, (image, ee) in zip(idx, starts):
+            self.images[i] = resize_images(image[None], self.size)[0]
+            self.xyz[i], self.rotation[i], self.gripper[i] = ee[:3], euler2rotm(ee[3:6]), ee[6]
+        self.steps[idx] = 0
+        self.started = True
+
+    # ----------------------------------------------------------------------------------- steps
+    def check_actions(
+        self, actions: Any, shape: tuple[int, ...], used: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Actions as float64 of `shape`, clipped into the action space (warning once); rows not `used`
+        (worlds being reset) are set to zero and not checked."""
+        a = np.array(actions, dtype=np.float64)
+        if a.shape != shape:
+            raise ValueError(
+                f"action must have shape {shape} (the Bridge action, 7 numbers per world), got {a.shape}"
+            )
+        if used is not None:
+            a[~used] = 0.0
+        bad = np.argwhere(~np.isfinite(a))
+        if len(bad):
+            raise ValueError(f"action contains NaN or inf (first at index {bad[0].tolist()}): {a}")
+        clipped = np.clip(a, ACTION_LOW, ACTION_HIGH)
+        if self.clip_warn and not self._clip_warned and not np.array_equal(clipped, a):
+            self._clip_warned = True
+            warnings.warn(
+                f"BridgeWorld: action outside the action space was clipped to [{ACTION_LOW}, {ACTION_HIGH}] "
+                "(warned once per env; pass clip_warn=False to silence)",
+                stacklevel=3,
+            )
+        return clipped
+
+    def step(self, actions: np.ndarray) -> None:
+        """Predict every world's next frame for checked actions (B, 7); advance the commanded poses."""
+        if not self.started:
+            raise gym.error.ResetNeeded("call reset() before step()")
+        self.images = resize_images(self.rollout.step(actions), self.size)
+        # integrate_actions (worldsim/data/actions.py), one step batched over worlds: the pose moves in
+        # the current gripper frame, the gripper state becomes the command's closure.
+        self.xyz = self.xyz + np.einsum("bij,bj->bi", self.rotation, actions[:, 0:3])
+        self.rotation = self.rotation @ euler2rotm(actions[:, 3:6])
+        self.gripper = 1.0 - actions[:, 6]
+        self.steps += 1
+
+    def ee_states(self) -> np.ndarray:
+        """(B, 7) float64 commanded poses: x, y, z, roll, pitch, yaw, gripper (1 = closed)."""
+        return np.concatenate([self.xyz, rotm2euler(self.rotation), self.gripper[:, None]], axis=1)
