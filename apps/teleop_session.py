@@ -19,6 +19,7 @@ import numpy as np
 from worldsim.data.actions import integrate_actions
 from worldsim.data.dataset import resize_frames
 from worldsim.data.video import write_video
+from worldsim.eval.metrics import frame_psnr
 from worldsim.models.rollout import Rollout
 from worldsim.models.world_model import WorldModel
 from worldsim.sim.spaces import clip_action
@@ -58,13 +59,6 @@ def command_action(command: str, translation_m: float, rotation_rad: float, grip
 def to_model_resolution(images: np.ndarray, resolution: tuple[int, int]) -> np.ndarray:
     """uint8 (T, H0, W0, 3) -> (T, H, W, 3), resized exactly as the training data is."""
     return resize_frames(np.asarray(images, dtype=np.uint8), resolution).transpose(0, 2, 3, 1)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between uint8 images (99 dB when identical), as the trainer's validation reports it."""
-    from worldsim.train.validate import psnr as _psnr  # imported here: it pulls in the trainer
-
-    return _psnr(a, b)
 
 
 class SimTruth:
@@ -239,7 +233,7 @@ class TeleopSession:
             truth = None if self.start.truth is None else self.start.truth.frame(i)
             if truth is None:
                 break
-            values.append(psnr(self.frames[i], truth))
+            values.append(frame_psnr(self.frames[i], truth))
         return values
 
     def export(self, path: str | Path) -> Path:

@@ -11,6 +11,8 @@ beside the model, batched over frames, without another dependency.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -45,6 +47,13 @@ def psnr(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> 
     with np.errstate(divide="ignore"):
         out = 10.0 * np.log10(DATA_RANGE**2 / mse)
     return out.reshape(np.shape(pred)[:-3])
+
+
+def frame_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two uint8 images, capped at 99 dB for identical ones so that logs, JSON and means
+    stay finite (the trainer's validation, worldsim-infer and the app report this; `psnr` is batched)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * math.log10(DATA_RANGE**2 / mse)
 
 
 def _band_matrix(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from worldsim.data.actions import env_action_to_model, relative_pose_actions
 from worldsim.data.bridge import BridgeFormatError, load_episode
 from worldsim.data.dataset import resize_frames
 from worldsim.data.video import VideoError, write_video
+from worldsim.eval.metrics import frame_psnr
 from worldsim.inference.checkpoint import load_model
 from worldsim.inference.params import InferenceParams, ParamsError, ParamsWarning, load_params
 from worldsim.models.config import WorldModelConfig
@@ -200,12 +200,6 @@ def roll_out(model: WorldModel, params: InferenceParams, item: RolloutInput) -> 
     return np.stack(frames)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images (99 for identical ones, as the trainer's validation)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 99.0 if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
 def check_against_model(params: InferenceParams, cfg: WorldModelConfig) -> None:
     """Warn where the params ask for something the model was not trained with."""
     where = params.source
@@ -259,12 +253,12 @@ def run(params: InferenceParams, out_dir: str | Path, model: WorldModel, checkpo
             write_video(
                 np.concatenate([predicted, gt], axis=2), out / f"{item.name}.mp4", fps=params.save_fps
             )
-            scores = [psnr(p, g) for p, g in zip(predicted[1:], gt[1:])]
+            scores = [frame_psnr(p, g) for p, g in zip(predicted[1:], gt[1:])]
             record.update(
                 comparison_video=str(out / f"{item.name}.mp4"),
                 psnr=scores,
                 mean_psnr=float(np.mean(scores)),
-                copy_start_frame_psnr=[psnr(gt[0], g) for g in gt[1:]],
+                copy_start_frame_psnr=[frame_psnr(gt[0], g) for g in gt[1:]],
             )
         (out / f"{item.name}.json").write_text(json.dumps(record, indent=2))
         episodes.append(record)

@@ -9,7 +9,6 @@ PSNR per frame against the ground truth, and an mp4 with ground truth (left) bes
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch.distributed as dist
 
 from worldsim.data.dataset import BridgeWindowDataset
 from worldsim.data.video import write_video
+from worldsim.eval.metrics import frame_psnr
 from worldsim.models.world_model import WorldModel
 from worldsim.train.ema import EMA
 from worldsim.train.stages import StageModule
@@ -62,12 +62,6 @@ def gather_ema_model(ema: EMA, live: WorldModel, into: WorldModel | None, is_mai
     return model.eval()
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of uint8 images."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 99.0 if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
 @torch.no_grad()
 def validation_rollout(
     model: WorldModel, dataset: BridgeWindowDataset, steps: int, seed: int, video_path: Path | None
@@ -81,7 +75,7 @@ def validation_rollout(
     predicted = [frames[0]]
     for k in range(steps):
         predicted.append(rollout.step(actions[k : k + 1], env_convention=False)[0])
-    scores = [psnr(p, g) for p, g in zip(predicted[1:], frames[1 : steps + 1])]
+    scores = [frame_psnr(p, g) for p, g in zip(predicted[1:], frames[1 : steps + 1])]
     if video_path is not None:
         write_video(
             np.concatenate([frames[: steps + 1], np.stack(predicted)], axis=2), video_path, fps=model.cfg.fps
