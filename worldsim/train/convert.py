@@ -41,10 +41,7 @@ def read_checkpoint(model_dir: Path) -> tuple[dict, dict, WorldModelConfig, str]
         raise ConvertError(
             f"{model_dir}: not a DCP checkpoint folder (no .metadata); pass JOB/checkpoints/iter_*/model"
         )
-    meta_file = model_dir.parent / "meta.json"
-    if not meta_file.is_file():
-        raise ConvertError(f"{meta_file}: missing (the checkpoint's model config lives there)")
-    meta = json.loads(meta_file.read_text())
+    meta = read_checkpoint_meta(model_dir)
     cfg = WorldModelConfig.from_json(meta["model_config"])
     with tempfile.TemporaryDirectory() as tmp:
         dcp_to_torch_save(str(model_dir), f"{tmp}/state.pt")
@@ -117,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-start-frames", type=int, default=32)
     args = parser.parse_args(argv)
     try:
-        cfg = read_checkpoint_config(args.checkpoint)
+        cfg = WorldModelConfig.from_json(read_checkpoint_meta(args.checkpoint)["model_config"])
         starts = (
             start_frames_from(args.start_frames, args.split, cfg, args.num_start_frames)
             if args.start_frames
@@ -132,14 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def read_checkpoint_config(model_dir: Path) -> WorldModelConfig:
-    """The model config recorded beside a DCP checkpoint (meta.json of its iter_X folder)."""
+def read_checkpoint_meta(model_dir: Path) -> dict:
+    """meta.json of a DCP checkpoint (`iter_X` or its `model` folder): stage, iteration, model config."""
     model_dir = Path(model_dir)
     folder = model_dir if (model_dir / "meta.json").is_file() else model_dir.parent
     meta_file = folder / "meta.json"
     if not meta_file.is_file():
         raise ConvertError(f"{meta_file}: missing (pass JOB/checkpoints/iter_*/model)")
-    return WorldModelConfig.from_json(json.loads(meta_file.read_text())["model_config"])
+    return json.loads(meta_file.read_text())
 
 
 if __name__ == "__main__":
