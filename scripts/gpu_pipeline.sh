@@ -7,7 +7,8 @@
 #   WORK=/root/ws bash scripts/gpu_pipeline.sh            # writes everything under $WORK
 #
 # Environment knobs (minutes and counts): TRAIN_EPISODES VAL_EPISODES GEN_MINUTES TOK_MINUTES
-# V2W_MINUTES ACT_MINUTES WORKERS. Logs go to $WORK/logs/*.log; progress lines to stdout.
+# V2W_MINUTES ACT_MINUTES WORKERS ACT_GPUS ACT_BATCH ACT_LR ACT_COMPILE ACTION_INIT SUCCESS_EPISODES
+# SUCCESS_STEPS STOP_AFTER (=cache: only make the data). Logs go to $WORK/logs/*.log; progress lines to stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-/root/ws}
@@ -25,8 +26,14 @@ WORKERS=${WORKERS:-$(($(nproc) - 1))}
 RES=${RES:-256,320}
 MIN_EPISODES=${MIN_EPISODES:-200}  # train episodes written before the tokenizer starts
 EXTRA=${EXTRA:-}  # extra dotted overrides for every training stage (e.g. a CPU dry run)
-ACT_BATCH=${ACT_BATCH:-32}
+ACT_BATCH=${ACT_BATCH:-32}  # windows per GPU
 ACT_LR=${ACT_LR:-2e-4}
+ACT_GPUS=${ACT_GPUS:-1}  # action post-training on this many GPUs (torchrun, FSDP2)
+ACT_COMPILE=${ACT_COMPILE:-false}  # torch.compile each transformer block
+# Success classifier shipped beside the model (is_success in BridgeWorld-v0): BridgeSim episodes to
+# train it on (0 = skip), and its training steps.
+SUCCESS_EPISODES=${SUCCESS_EPISODES:-0}
+SUCCESS_STEPS=${SUCCESS_STEPS:-4000}
 # Continue action post-training from an earlier bundle/checkpoint instead of training the tokenizer and
 # video2world stages first (a later lease improving the shipped model).
 ACTION_INIT=${ACTION_INIT:-}
@@ -79,6 +86,7 @@ for split in ("train", "val"):
 EOF
   touch "$WORK/logs/cache.done"
 fi
+if [ "${STOP_AFTER:-}" = cache ]; then say "data ready (STOP_AFTER=cache)"; exit 0; fi
 
 # 4. Video2world pre-training (no actions), then action post-training from it.
 if ! done_stage video2world; then
@@ -91,10 +99,11 @@ fi
 if ! done_stage action; then
   INIT=${ACTION_INIT:-$(job bridge_small_video2world)/checkpoints}
   say "action post-training from $INIT"
-  python -m worldsim.train experiment=bridge_small_action dataset.root="$DATA" dataset.num_workers=6 \
+  python -m torch.distributed.run --standalone --nproc_per_node="$ACT_GPUS" -m worldsim.train \
+    experiment=bridge_small_action dataset.root="$DATA" dataset.num_workers=6 \
     load_path="$INIT" trainer.max_minutes="$ACT_MINUTES" trainer.batch_size="$ACT_BATCH" \
-    trainer.lr="$ACT_LR" trainer.warmup_iter=200 trainer.val_every=1500 checkpoint.save_iter=1500 $EXTRA \
-    > "$WORK/logs/action.log" 2>&1
+    trainer.lr="$ACT_LR" trainer.compile="$ACT_COMPILE" trainer.warmup_iter=200 trainer.val_every=1500 \
+    checkpoint.save_iter=1500 $EXTRA > "$WORK/logs/action.log" 2>&1
   touch "$WORK/logs/action.done"
 fi
 
@@ -102,4 +111,13 @@ fi
 say "convert $(latest bridge_small_action)"
 python -m worldsim.train.convert "$(latest bridge_small_action)/model" "$WORK/converted" \
   --start-frames "$DATA" --split val --num-start-frames 32 > "$WORK/logs/convert.log" 2>&1
+if [ "$SUCCESS_EPISODES" -gt 0 ]; then
+  # 6. The success classifier: trained on BridgeSim frames (the eval's success stage trains one when
+  # the bundle has none), measured on held-out episodes, then shipped in the bundle.
+  say "success classifier on $SUCCESS_EPISODES BridgeSim episodes"
+  python -m worldsim.eval.cli --checkpoint "$WORK/converted/bundle" --out "$WORK/success" --stages success \
+    --success-train-episodes "$SUCCESS_EPISODES" --success-val-episodes 200 --success-steps "$SUCCESS_STEPS" \
+    --workers "$WORKERS" --no-progress > "$WORK/logs/success.log" 2>&1
+  cp "$WORK/success/success.safetensors" "$WORK/converted/bundle/"
+fi
 say "done: bundle in $WORK/converted/bundle"

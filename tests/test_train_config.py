@@ -105,3 +105,34 @@ def test_load_path_accepts_exports_and_maps_every_tensor(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values()))
     torch.save({"model": source.state_dict()}, tmp_path / "model.pt")
     assert inspect_load_path(str(tmp_path / "model.pt"), cfg, "action", use_ema=True).kind == "pt"
+
+
+def _budget_rank(rank: int, port: int, results) -> None:
+    import torch.distributed as dist
+
+    from worldsim.train.parallelize import DistInfo
+    from worldsim.train.trainer import fit_to_budget
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        info = DistInfo(rank=rank, world_size=2, local_rank=rank, device=torch.device("cpu"))
+        # Each rank timed its own warm-up: the same speed, but one rank started 0.37 s later.
+        results[rank] = fit_to_budget(100, 10.0 + 0.37 * rank, 1.0, 100, 10_000, info)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_wall_clock_budget_gives_every_rank_the_same_last_step():
+    # A rank that stops one step early leaves the others waiting in the last step's collectives forever
+    # (this hung a 4-GPU run): the budgeted last step must be agreed on, not computed per rank.
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_budget_rank, args=(port, results), nprocs=2, join=True)
+    assert results[0] == results[1]
+    assert 100 < results[0] <= 100 + int(10 * 45.0)  # 10 steps/s for 90% of the 50 s left

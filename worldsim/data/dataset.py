@@ -234,10 +234,18 @@ class BridgeWindowDataset(Dataset):
                 bad[i] = str(e)
 
         bar = tqdm(total=len(todo), desc=f"caching {self.split} frames", unit="ep", disable=not progress)
-        with bar, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            # PyAV decoding and torch resizing release the GIL, so threads overlap real work.
-            for _ in pool.map(build, todo):
-                bar.update(1)
+        # PyAV decoding and torch resizing release the GIL, so threads overlap real work. With several
+        # threads each resize runs single-threaded: 60 threads each starting an OpenMP team of every core
+        # left a 64-core host at a load average of 335 (caching fell to ~3 episodes/s beside another job).
+        threads = torch.get_num_threads()
+        if workers > 1:
+            torch.set_num_threads(1)
+        try:
+            with bar, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                for _ in pool.map(build, todo):
+                    bar.update(1)
+        finally:
+            torch.set_num_threads(threads)
         if bad:
             for reason in bad.values():
                 warnings.warn(f"skipping bad Bridge episode: {reason}", stacklevel=2)

@@ -84,6 +84,7 @@ class CheckpointConfig:
 
     save_iter: int = 500  # save every N steps (0 = only at the end)
     keep_last: int = 3  # complete checkpoints kept (older ones are deleted); 0 keeps all
+    save_final: bool = True  # also save at the last step (benchmarks turn this off)
 
 
 @dataclass

@@ -53,12 +53,17 @@ def lr_lambda(warmup: int, max_iter: int, final_ratio: float):  # noqa: ANN201 -
 
 
 def fit_to_budget(steps: int, seconds: float, max_minutes: float, now: int, last: int, info: DistInfo) -> int:
-    """The last iteration that fits a wall-clock budget, from the speed of the first `steps` steps
-    (agreed across ranks: the slowest rank decides), keeping 10% for validation and checkpoints."""
-    rate = torch.tensor([steps / max(seconds, 1e-6)], dtype=torch.float64, device=info.device)
-    dist.all_reduce(rate, op=dist.ReduceOp.MIN)
+    """The last iteration that fits a wall-clock budget, from the speed of the first `steps` steps,
+    keeping 10% for validation and checkpoints.
+
+    Every rank must stop at the same step (the last step's logging, validation and save are
+    collectives), but each rank measured its own `seconds`: the answer is agreed on with one
+    all-reduce (MIN: the slowest rank decides), never computed per rank."""
+    rate = steps / max(seconds, 1e-6)
     remaining = max(0.0, max_minutes * 60 - seconds) * 0.9
-    return max(now + 1, min(last, now + int(rate.item() * remaining)))
+    mine = torch.tensor([max(now + 1, min(last, now + int(rate * remaining)))], dtype=torch.int64, device=info.device)
+    dist.all_reduce(mine, op=dist.ReduceOp.MIN)
+    return int(mine.item())
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -220,6 +225,10 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
                 "tflops_per_s_per_rank": flops * windows / dt / info.world_size / 1e12,
                 "mfu": (flops * windows / dt / (peak * info.world_size)) if peak else "n/a",
             }
+            if cfg.stage != "tokenizer":  # dynamics tokens (both streams) through the transformer
+                record["tokens_per_s"] = windows * (2 * model_cfg.num_frames - 1) * model_cfg.tokens_per_frame / dt
+            if device.type == "cuda":  # this rank's peak since the start (FSDP shards: ranks are alike)
+                record["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             log.write(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", it_s=f"{record['it_per_s']:.2f}")
             window_t0, window_steps, loss_sum, logs_sum = time.perf_counter(), 0, 0.0, {}
@@ -237,7 +246,9 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
                 tqdm.write("validation: " + json.dumps({k: round(v, 4) for k, v in record.items()}))
             window_t0 = time.perf_counter()  # validation time is not training throughput
 
-        if (cfg.checkpoint.save_iter and step % cfg.checkpoint.save_iter == 0) or step == last_iter:
+        if (cfg.checkpoint.save_iter and step % cfg.checkpoint.save_iter == 0) or (
+            step == last_iter and cfg.checkpoint.save_final
+        ):
             trainer_state = {
                 "iteration": step,
                 "epoch": stream.position.epoch,
