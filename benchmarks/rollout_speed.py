@@ -13,6 +13,7 @@ Prints a table and writes JSON (`--out`).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import time
@@ -51,6 +52,7 @@ def bench(
     cache_off: bool,
     graph: bool,
     compile: bool = False,
+    denoise_steps: int | None = None,
 ) -> dict:
     """One row: `name` is a preset (random weights) or a bundle folder / .safetensors file."""
     if name in PRESETS:
@@ -73,10 +75,10 @@ def bench(
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
         "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
-        "denoise_steps": cfg.denoise_steps,
+        "denoise_steps": denoise_steps or cfg.denoise_steps,
         "K": cfg.num_context_frames,
     }
-    rollout = model.rollout(batch_size=batch, seed=0)
+    rollout = model.rollout(batch_size=batch, seed=0, denoise_steps=denoise_steps)
     rollout.reset(frames)
     for _ in range(cfg.num_context_frames):  # fill the window: steady state
         rollout.step(actions)
@@ -91,7 +93,7 @@ def bench(
     s = time_steps(rollout, actions, steps, device)
     row.update(ms_per_step=s * 1e3, frames_per_s=batch / s, cuda_graph=bool(graph and device.type == "cuda"))
     if cache_off:
-        ref = model.rollout(batch_size=batch, seed=0, use_cache=False)
+        ref = model.rollout(batch_size=batch, seed=0, use_cache=False, denoise_steps=denoise_steps)
         ref.reset(frames)
         for _ in range(cfg.num_context_frames - 1):
             ref.step(actions)
@@ -113,6 +115,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the dynamics transformer")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1])
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--denoise-steps", nargs="+", type=int, default=[None], help="Euler steps per frame (default: the model's)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-cache-off", action="store_true", help="skip the uncached reference timing")
     parser.add_argument("--no-graph", action="store_true", help="eager steps on CUDA")
@@ -134,16 +139,18 @@ def main() -> None:
         env["gpu"] = torch.cuda.get_device_name(device)
     rows = []
     for name in args.presets:
-        for batch in args.batch_sizes:
+        for batch, denoise in itertools.product(args.batch_sizes, args.denoise_steps):
             cache_off = not args.no_cache_off and batch <= 16
-            row = bench(name, batch, device, dtype, args.steps, cache_off, not args.no_graph, args.compile)
+            row = bench(
+                name, batch, device, dtype, args.steps, cache_off, not args.no_graph, args.compile, denoise
+            )
             rows.append(row)
             extra = (
                 f"  cache off {row['ms_per_step_cache_off']:.1f} ms ({row['cache_speedup']:.1f}x)"
                 if cache_off
                 else ""
             )
-            print(f"{name:6s} B={batch:5d} {row['ms_per_step']:9.2f} ms/step {row['frames_per_s']:10.1f} frames/s "
+            print(f"{name:6s} B={batch:5d} S={row['denoise_steps']} {row['ms_per_step']:9.2f} ms/step {row['frames_per_s']:10.1f} frames/s "
                   f"{row['gflop_per_frame']:8.2f} GFLOP/frame {row['params_M']:8.1f}M params{extra}", flush=True)  # fmt: skip
     if "2b" in args.presets and "small" in args.presets:
         for b in args.batch_sizes:

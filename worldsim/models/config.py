@@ -111,7 +111,11 @@ PRESETS: dict[str, WorldModelConfig] = {
         denoise_steps=2,
     ),
     # The bundled default: real-time on a laptop CPU (>= 20 frames/s on 2 cores, decoder included).
-    "small": WorldModelConfig(name="small"),
+    # 2 Euler steps on a schedule shifted towards high noise (time_shift 6): measured on 30 BridgeSim
+    # val episodes with the bundled weights, as faithful as 3-4 plain steps up to horizon 30 (PSNR at
+    # horizon 12: 21.0 dB vs 20.1 for 4 uniform steps) at half the passes; 3 steps hold up better at
+    # horizon 60 (Rollout(denoise_steps=3) or the env's denoise_steps=3).
+    "small": WorldModelConfig(name="small", denoise_steps=2, time_shift=6.0),
     # One GPU, Cosmos's resolution.
     "base": WorldModelConfig(
         name="base",

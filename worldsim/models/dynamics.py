@@ -149,6 +149,18 @@ class DiTBlock(nn.Module):
         x = x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
         return x, kv
 
+    def keys_values(
+        self, x: torch.Tensor, cond: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Only this block's (k, v) of x (B, F, N, D), as `forward` makes them: what a commit pass
+        needs from the last block, whose attention output, MLP and the final layer nobody reads."""
+        B, Fr, N, D = x.shape
+        shift1, scale1 = self.modulation(F.silu(cond))[:, :, None, : 2 * D].chunk(2, dim=-1)
+        h = (self.norm1(x) * (1 + scale1) + shift1).reshape(B, Fr * N, D)
+        a = self.attn
+        _, k, v = self.attn.qkv(h).view(B, Fr * N, 3, a.heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return apply_rope(a.k_norm(k), *rope), v
+
 
 class FinalLayer(nn.Module):
     """AdaLN-modulated norm + linear back to latent patches (zero-initialised)."""
@@ -222,7 +234,8 @@ class DynamicsTransformer(nn.Module):
         action_mask: torch.Tensor | None = None,
         past_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        kv_only: bool = False,
+    ) -> tuple[torch.Tensor | None, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Velocity for every frame, and each block's (k, v) of these frames' tokens.
 
         z: (B, F, C, h, w) latents at their own noise levels; t: (B, F) flow times; actions: (B, F, A)
@@ -231,6 +244,8 @@ class DynamicsTransformer(nn.Module):
         full attention; past_kv: per block KV-cache buffers (B, H, past + F*N, Dh), keys stored after
         RoPE (so only new tokens need tables), the last F*N positions scratch (see `Attention`);
         rope: precomputed `rope_tables(frame_pos, ...)`, which a rollout reuses across denoising steps.
+        kv_only: return (None, kv) and skip what only the velocity needs (the last block past its
+        keys and values, the final layer): a rollout's commit pass.
         """
         B, Fr = z.shape[:2]
         x = self.patch_embed(self.patchify(z))  # (B, F, N, D)
@@ -238,7 +253,11 @@ class DynamicsTransformer(nn.Module):
         if rope is None:
             rope = rope_tables(frame_pos, *self.grid, self.head_dim)
         new_kv = []
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
+            if kv_only and i == last:
+                new_kv.append(block.keys_values(x, cond, rope))
+                return None, new_kv
             x, kv = block(x, cond, rope, mask, None if past_kv is None else past_kv[i])
             new_kv.append(kv)
         return self.unpatchify(self.final(x, cond)), new_kv

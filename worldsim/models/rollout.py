@@ -168,7 +168,9 @@ class Rollout:
             v, _ = dyn(x, t, a, None, mask, action_mask=ones, past_kv=past_kv, rope=rope)
             x = x + (t_next - t_now) * v
         z = x if eps is None else add_noise(x, self._context_t(B), eps[:, None])
-        _, kv = dyn(z, self._context_t(B), a, None, mask, action_mask=ones, past_kv=past_kv, rope=rope)
+        _, kv = dyn(
+            z, self._context_t(B), a, None, mask, action_mask=ones, past_kv=past_kv, rope=rope, kv_only=True
+        )
         for (k_new, v_new), k_buf, v_buf in zip(kv, self.cache_k, self.cache_v):
             k_buf.index_copy_(2, slot_tokens, k_new)
             v_buf.index_copy_(2, slot_tokens, v_new)
@@ -259,6 +261,7 @@ class Rollout:
             action_mask=action_mask[:, None],
             past_kv=[(k, v) if full else (k[idx], v[idx]) for k, v in zip(self.cache_k, self.cache_v)],
             rope=self._rope(),
+            kv_only=True,
         )
         slot_tokens = self._slot_tokens()
         for (k_new, v_new), k_buf, v_buf in zip(kv, self.cache_k, self.cache_v):
