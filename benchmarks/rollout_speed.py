@@ -116,7 +116,11 @@ def main() -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument(
-        "--denoise-steps", nargs="+", type=int, default=[None], help="Euler steps per frame (default: the model's)"
+        "--denoise-steps",
+        nargs="+",
+        type=int,
+        default=[None],
+        help="Euler steps per frame (default: the model's)",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-cache-off", action="store_true", help="skip the uncached reference timing")

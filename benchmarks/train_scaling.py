@@ -90,8 +90,12 @@ def main() -> None:
             rows.append(run_one(args, n, Path(tmp)))
             print(json.dumps(rows[-1]), flush=True)
     base = rows[0]
-    print(f"\n{args.experiment} on {device}, {args.iters} steps ({args.warmup} warm-up), {' '.join(args.overrides)}")
-    print("| GPUs | frames/s | tokens/s | MFU | TFLOP/s per GPU | peak memory per GPU | weak-scaling efficiency |")
+    print(
+        f"\n{args.experiment} on {device}, {args.iters} steps ({args.warmup} warm-up), {' '.join(args.overrides)}"
+    )
+    print(
+        "| GPUs | frames/s | tokens/s | MFU | TFLOP/s per GPU | peak memory per GPU | weak-scaling efficiency |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         eff = r["frames_per_s"] / (base["frames_per_s"] * r["gpus"] / base["gpus"])
@@ -104,7 +108,9 @@ def main() -> None:
             f"| {mem} | {100 * eff:.1f}% |"
         )
     if args.out:
-        args.out.write_text(json.dumps({"experiment": args.experiment, "device": device, "rows": rows}, indent=1))
+        args.out.write_text(
+            json.dumps({"experiment": args.experiment, "device": device, "rows": rows}, indent=1)
+        )
 
 
 if __name__ == "__main__":

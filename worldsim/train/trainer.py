@@ -61,7 +61,9 @@ def fit_to_budget(steps: int, seconds: float, max_minutes: float, now: int, last
     all-reduce (MIN: the slowest rank decides), never computed per rank."""
     rate = steps / max(seconds, 1e-6)
     remaining = max(0.0, max_minutes * 60 - seconds) * 0.9
-    mine = torch.tensor([max(now + 1, min(last, now + int(rate * remaining)))], dtype=torch.int64, device=info.device)
+    mine = torch.tensor(
+        [max(now + 1, min(last, now + int(rate * remaining)))], dtype=torch.int64, device=info.device
+    )
     dist.all_reduce(mine, op=dist.ReduceOp.MIN)
     return int(mine.item())
 
@@ -226,7 +228,9 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
                 "mfu": (flops * windows / dt / (peak * info.world_size)) if peak else "n/a",
             }
             if cfg.stage != "tokenizer":  # dynamics tokens (both streams) through the transformer
-                record["tokens_per_s"] = windows * (2 * model_cfg.num_frames - 1) * model_cfg.tokens_per_frame / dt
+                record["tokens_per_s"] = (
+                    windows * (2 * model_cfg.num_frames - 1) * model_cfg.tokens_per_frame / dt
+                )
             if device.type == "cuda":  # this rank's peak since the start (FSDP shards: ranks are alike)
                 record["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             log.write(record)
