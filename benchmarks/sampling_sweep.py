@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from worldsim.eval.open_loop import evaluate_open_loop, make_dataset
-from worldsim.models.world_model import best_device, inference_dtype, load_shared
+from worldsim.models.world_model import WorldModel, best_device, inference_dtype
 
 
 def parse_setting(text: str) -> tuple[int, float]:
@@ -49,7 +49,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = best_device(args.device)
-    model = load_shared(args.checkpoint, device=device)
+    # Its own copy (not load_shared's): each setting replaces the copy's sampling config.
+    model = WorldModel.from_pretrained(args.checkpoint, device=device, dtype=inference_dtype(device))
     dataset = make_dataset(args.data, args.split, model)
     shipped = model.cfg
     horizons = [h for h in (1, 12, 30, 60) if h <= args.horizon]
@@ -63,26 +64,21 @@ def main() -> None:
         + " | mean PSNR h1-H | SSIM h12 |"
     )
     print("|---" * (len(horizons) + 4) + "|")
-    try:
-        for steps, shift in args.settings:
-            model.cfg = dataclasses.replace(shipped, denoise_steps=steps, time_shift=shift)
-            r = evaluate_open_loop(
-                model, dataset, args.horizon, args.episodes, args.batch_size, progress=False
-            )
-            row = {
-                "denoise_steps": steps,
-                "time_shift": shift,
-                "psnr": {h: float(np.nanmean(r.psnr[:, h - 1])) for h in horizons},
-                "episodes_at": {h: int(np.isfinite(r.psnr[:, h - 1]).sum()) for h in horizons},
-                "mean_psnr": float(np.nanmean(r.psnr)),
-                "ssim_h12": float(np.nanmean(r.ssim[:, 11])) if args.horizon >= 12 else None,
-            }
-            rows.append(row)
-            cells = " | ".join(f"{row['psnr'][h]:.2f}" for h in horizons)
-            ssim = f"{row['ssim_h12']:.3f}" if row["ssim_h12"] is not None else "-"
-            print(f"| {steps} | {shift:g} | {cells} | {row['mean_psnr']:.2f} | {ssim} |", flush=True)
-    finally:
-        model.cfg = shipped  # the model is shared (load_shared): leave it as it was loaded
+    for steps, shift in args.settings:
+        model.cfg = dataclasses.replace(shipped, denoise_steps=steps, time_shift=shift)
+        r = evaluate_open_loop(model, dataset, args.horizon, args.episodes, args.batch_size, progress=False)
+        row = {
+            "denoise_steps": steps,
+            "time_shift": shift,
+            "psnr": {h: float(np.nanmean(r.psnr[:, h - 1])) for h in horizons},
+            "episodes_at": {h: int(np.isfinite(r.psnr[:, h - 1]).sum()) for h in horizons},
+            "mean_psnr": float(np.nanmean(r.psnr)),
+            "ssim_h12": float(np.nanmean(r.ssim[:, 11])) if args.horizon >= 12 else None,
+        }
+        rows.append(row)
+        cells = " | ".join(f"{row['psnr'][h]:.2f}" for h in horizons)
+        ssim = f"{row['ssim_h12']:.3f}" if row["ssim_h12"] is not None else "-"
+        print(f"| {steps} | {shift:g} | {cells} | {row['mean_psnr']:.2f} | {ssim} |", flush=True)
     print(
         "episodes long enough for each horizon: "
         + ", ".join(f"h{h}: {n}" for h, n in rows[0]["episodes_at"].items())

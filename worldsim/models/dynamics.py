@@ -91,6 +91,14 @@ class Attention(nn.Module):
         self.q_norm, self.k_norm = nn.RMSNorm(self.head_dim), nn.RMSNorm(self.head_dim)
         self.proj = nn.Linear(dim, dim)
 
+    def project(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], queries: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """x (B, L, D) -> q, k, v (B, H, L, Dh), q and k normed and rotated; q None without `queries`."""
+        B, L, _ = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return (apply_rope(self.q_norm(q), *rope) if queries else None), apply_rope(self.k_norm(k), *rope), v
+
     def forward(
         self,
         x: torch.Tensor,
@@ -105,9 +113,7 @@ class Attention(nn.Module):
         (no concatenation on the hot path). Without it, attention is over these tokens alone.
         """
         B, L, D = x.shape
-        qkv = self.qkv(x).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # 3x (B, H, L, Dh)
-        q, k = apply_rope(self.q_norm(q), *rope), apply_rope(self.k_norm(k), *rope)
+        q, k, v = self.project(x, rope)
         k_all, v_all = k, v
         if past_kv is not None:
             k_all, v_all = past_kv
@@ -157,9 +163,8 @@ class DiTBlock(nn.Module):
         B, Fr, N, D = x.shape
         shift1, scale1 = self.modulation(F.silu(cond))[:, :, None, : 2 * D].chunk(2, dim=-1)
         h = (self.norm1(x) * (1 + scale1) + shift1).reshape(B, Fr * N, D)
-        a = self.attn
-        _, k, v = self.attn.qkv(h).view(B, Fr * N, 3, a.heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        return apply_rope(a.k_norm(k), *rope), v
+        _, k, v = self.attn.project(h, rope, queries=False)
+        return k, v
 
 
 class FinalLayer(nn.Module):
