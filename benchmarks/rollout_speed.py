@@ -13,6 +13,7 @@ Prints a table and writes JSON (`--out`).
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import platform
@@ -99,7 +100,10 @@ def bench(
             ref.step(actions)
         s_off = time_steps(ref, actions, 2, device)
         row.update(ms_per_step_cache_off=s_off * 1e3, cache_speedup=s_off / s)
+    # A captured graph and its rollout point at each other: collect the cycle before the next row, or
+    # every row's cache and graph pool stay on the GPU.
     del model, rollout
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
@@ -145,9 +149,26 @@ def main() -> None:
     for name in args.presets:
         for batch, denoise in itertools.product(args.batch_sizes, args.denoise_steps):
             cache_off = not args.no_cache_off and batch <= 16
-            row = bench(
-                name, batch, device, dtype, args.steps, cache_off, not args.no_graph, args.compile, denoise
-            )
+            try:
+                row = bench(
+                    name,
+                    batch,
+                    device,
+                    dtype,
+                    args.steps,
+                    cache_off,
+                    not args.no_graph,
+                    args.compile,
+                    denoise,
+                )
+            except torch.OutOfMemoryError:  # record it and go on: the other rows are still worth having
+                gc.collect()
+                torch.cuda.empty_cache()
+                rows.append(
+                    {"model": name, "batch": batch, "denoise_steps": denoise, "error": "out of memory"}
+                )
+                print(f"{name:6s} B={batch:5d}: out of GPU memory", flush=True)
+                continue
             rows.append(row)
             extra = (
                 f"  cache off {row['ms_per_step_cache_off']:.1f} ms ({row['cache_speedup']:.1f}x)"
@@ -156,10 +177,15 @@ def main() -> None:
             )
             print(f"{name:6s} B={batch:5d} S={row['denoise_steps']} {row['ms_per_step']:9.2f} ms/step {row['frames_per_s']:10.1f} frames/s "
                   f"{row['gflop_per_frame']:8.2f} GFLOP/frame {row['params_M']:8.1f}M params{extra}", flush=True)  # fmt: skip
+            if args.out:  # after every row: a later failure keeps what was measured
+                with open(args.out, "w") as f:
+                    json.dump({"env": env, "rows": rows}, f, indent=1)
     if "2b" in args.presets and "small" in args.presets:
         for b in args.batch_sizes:
-            small = next(r for r in rows if r["preset"] == "small" and r["batch"] == b)
-            big = next(r for r in rows if r["preset"] == "2b" and r["batch"] == b)
+            small = next((r for r in rows if r.get("preset") == "small" and r["batch"] == b), None)
+            big = next((r for r in rows if r.get("preset") == "2b" and r["batch"] == b), None)
+            if small is None or big is None:
+                continue
             print(f"B={b}: 2b/small time per step = {big['ms_per_step'] / small['ms_per_step']:.1f}x")
     if args.out:
         with open(args.out, "w") as f:

@@ -9,7 +9,6 @@ vector env reproduces N single envs with the same seeds and actions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,23 +72,30 @@ class BridgeWorldEnv(gym.Env):
 
     ## Rewards
 
-    Always 0.0: the checkpoint carries no reward model yet. `info["is_success"]` appears only when a
-    success model is attached (the `success_fn` attribute: `obs -> bool`, None until one ships).
+    1.0 on the step where the task is judged done, else 0.0 — as BridgeSim-v0. The judge is the success
+    model shipped with the checkpoint (`success.safetensors`, `worldsim.eval.success`): it estimates
+    where the blocks and the bowl are in the predicted frame and applies the task's own BridgeSim
+    predicate, compared with its estimate on the start frame. It needs the episode's instruction
+    (shipped start frames carry theirs; see Starting State). Without a success model or an instruction
+    it can read, the reward is always 0.0 and `info` has no `is_success`.
 
     ## Starting State
 
     `reset(seed=..., options=...)` picks the start frame:
-    - no options: one of the start frames shipped with the checkpoint, drawn with `self.np_random`;
+    - no options: one of the start frames shipped with the checkpoint, drawn with `self.np_random`,
+      with its episode's instruction;
     - `{"episode": PATH_TO_ANNOTATION_JSON, "frame": k}`: frame k (default 0) of a Bridge-format
-      episode and its state (gripper from `continuous_gripper_state`);
+      episode, its state (gripper from `continuous_gripper_state`) and its first text;
     - `{"image": uint8 (H, W, 3), "ee_state": (7,)}`: any image, resized with antialiasing.
+    Each may add `"instruction": "put the red block in the bowl"` (the task the success model judges).
     The reset observation is the start image itself. The rollout's noise is seeded from
     `self.np_random`, so the same seed and actions give identical frames on a given device.
 
     ## Episode End
 
-    Never terminated (no success model yet). Truncation is left to the `TimeLimit` wrapper
-    (`max_episode_steps=60` in the registration, 12 s at 5 Hz).
+    Terminated when the success model judges the task done (as BridgeSim-v0 terminates on success).
+    Truncation is left to the `TimeLimit` wrapper (`max_episode_steps=60` in the registration, 12 s
+    at 5 Hz).
 
     ## Arguments
 
@@ -108,14 +114,17 @@ class BridgeWorldEnv(gym.Env):
     - `clip_warn`: warn (once) when an action is clipped.
     - `compile`: `torch.compile` the transformer (about 20 s at the first step; then about 20% faster
       steps on a CPU). On CUDA, `Rollout.enable_cuda_graph` is the faster route.
+    - `success_model`: `"auto"` (the checkpoint's `success.safetensors` if it ships one), None (no
+      success judgement), a path, or a loaded `worldsim.eval.success.SuccessModel`.
 
-    `info` holds `ee_state` (float64) and `frame_index` (frames predicted since reset).
+    `info` holds `ee_state` (float64), `frame_index` (frames predicted since reset), `instruction`
+    (None if unknown) and, when judged, `is_success`.
     For many worlds in one forward pass use `gym.make_vec("BridgeWorld-v0", num_envs=N,
     vectorization_mode="vector_entry_point")` (`BridgeWorldVectorEnv`).
 
     ## Version History
 
-    - v0: initial release.
+    - v0: initial release; success model, reward and termination added 2026-11-26.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 5}
@@ -132,6 +141,7 @@ class BridgeWorldEnv(gym.Env):
         resolution: tuple[int, int] | None = None,
         clip_warn: bool = True,
         compile: bool = False,
+        success_model: str | Path | None = "auto",
     ) -> None:
         _check_render_mode(render_mode)
         self.render_mode = render_mode
@@ -146,11 +156,11 @@ class BridgeWorldEnv(gym.Env):
             resolution,
             clip_warn,
             compile,
+            success_model,
         )
         self.metadata = {**self.metadata, "render_fps": self.worlds.model.cfg.fps}
         self.action_space = bridge_action_space()
         self.observation_space = bridge_observation_space(*self.worlds.size)
-        self.success_fn: Callable[[Obs], bool] | None = None  # hook for a success model
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -158,14 +168,14 @@ class BridgeWorldEnv(gym.Env):
         super().reset(seed=seed)
         start = self.worlds.start(options, self.np_random)  # drawn before the noise seed, as the vector env
         self.worlds.reset(np.array([0]), [start], [int(self.np_random.integers(_SEED_HIGH))])
-        obs = self._obs()
-        return obs, self._info(obs)
+        return self._obs(), self._info(self.worlds.success_flags())
 
     def step(self, action: np.ndarray) -> tuple[Obs, float, bool, bool, dict[str, Any]]:
         a = self.worlds.check_actions(action, (7,))
         self.worlds.step(a[None])
-        obs = self._obs()
-        return obs, 0.0, False, False, self._info(obs)
+        flags = self.worlds.success_flags()
+        success = bool(flags is not None and flags[0][0])
+        return self._obs(), float(success), success, False, self._info(flags)
 
     def render(self) -> np.ndarray | None:
         return self.worlds.images[0].copy() if self.render_mode == "rgb_array" else None
@@ -176,13 +186,14 @@ class BridgeWorldEnv(gym.Env):
             "ee_state": self.worlds.ee_states()[0].astype(np.float32),
         }
 
-    def _info(self, obs: Obs) -> dict[str, Any]:
+    def _info(self, flags: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
         info: dict[str, Any] = {
             "ee_state": self.worlds.ee_states()[0],
             "frame_index": int(self.worlds.steps[0]),
+            "instruction": self.worlds.instructions[0],
         }
-        if self.success_fn is not None:
-            info["is_success"] = bool(self.success_fn(obs))
+        if flags is not None and flags[1][0]:
+            info["is_success"] = bool(flags[0][0])
         return info
 
 
@@ -196,7 +207,8 @@ class BridgeWorldVectorEnv(VectorEnv):
     entry point. `reset(seed=s)` seeds world i with s + i (or a list of seeds), like `SyncVectorEnv`,
     so world i reproduces a single env reset with that seed, given the same actions; `options` apply to
     every world and `options["reset_mask"]` resets a subset. Autoresets reuse the last reset's options.
-    `render()` returns all frames, (num_envs, H, W, 3). `info` holds `ee_state` and `frame_index` arrays.
+    `render()` returns all frames, (num_envs, H, W, 3). `info` holds `ee_state`, `frame_index` and
+    `instruction` arrays, and `is_success` where the success model judges (its mask `_is_success`).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 5, "autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -215,6 +227,7 @@ class BridgeWorldVectorEnv(VectorEnv):
         resolution: tuple[int, int] | None = None,
         clip_warn: bool = True,
         compile: bool = False,
+        success_model: str | Path | None = "auto",
     ) -> None:
         _check_render_mode(render_mode)
         if num_envs < 1:
@@ -232,6 +245,7 @@ class BridgeWorldVectorEnv(VectorEnv):
             resolution,
             clip_warn,
             compile,
+            success_model,
         )
         self.metadata = {**self.metadata, "render_fps": self.worlds.model.cfg.fps}
         self.single_action_space = bridge_action_space()
@@ -239,7 +253,6 @@ class BridgeWorldVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.np_randoms: list[np.random.Generator | None] = [None] * num_envs  # one per world, as single envs
-        self.success_fn: Callable[[Obs], np.ndarray] | None = None  # hook: batched obs -> (num_envs,) bool
         self._options: dict[str, Any] = {}
         self._autoreset = np.zeros(num_envs, dtype=bool)
 
@@ -269,8 +282,7 @@ class BridgeWorldVectorEnv(VectorEnv):
         self._reset_worlds(idx, options)
         self._options = options
         self._autoreset[idx] = False
-        obs = self._obs()
-        return obs, self._info(obs)
+        return self._obs(), self._info(self.worlds.success_flags())
 
     def step(self, actions: np.ndarray) -> tuple[Obs, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         n = self.num_envs
@@ -279,13 +291,14 @@ class BridgeWorldVectorEnv(VectorEnv):
         done = np.flatnonzero(self._autoreset)
         if len(done):
             self._reset_worlds(done, self._options)
-        terminated = np.zeros(n, dtype=bool)
+        flags = self.worlds.success_flags()
+        terminated = np.zeros(n, dtype=bool) if flags is None else flags[0] & flags[1]
+        terminated[done] = False  # a world reset this step starts afresh
         truncated = self.worlds.steps >= (
             np.inf if self.max_episode_steps is None else self.max_episode_steps
         )
         self._autoreset = terminated | truncated
-        obs = self._obs()
-        return obs, np.zeros(n), terminated, truncated, self._info(obs)
+        return self._obs(), terminated.astype(np.float64), terminated, truncated, self._info(flags)
 
     def render(self) -> np.ndarray | None:
         return self.worlds.images.copy() if self.render_mode == "rgb_array" else None
@@ -301,15 +314,16 @@ class BridgeWorldVectorEnv(VectorEnv):
     def _obs(self) -> Obs:
         return {"image": self.worlds.images.copy(), "ee_state": self.worlds.ee_states().astype(np.float32)}
 
-    def _info(self, obs: Obs) -> dict[str, Any]:
+    def _info(self, flags: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
         every = np.ones(self.num_envs, dtype=bool)  # gymnasium's vector-info masks: every world reports
         info: dict[str, Any] = {
             "ee_state": self.worlds.ee_states(),
             "_ee_state": every,
             "frame_index": self.worlds.steps.copy(),
             "_frame_index": every.copy(),
+            "instruction": np.array(self.worlds.instructions, dtype=object),
+            "_instruction": np.array([t is not None for t in self.worlds.instructions]),
         }
-        if self.success_fn is not None:
-            info["is_success"] = np.asarray(self.success_fn(obs), dtype=bool)
-            info["_is_success"] = every.copy()
+        if flags is not None and flags[1].any():
+            info["is_success"], info["_is_success"] = flags[0].copy(), flags[1].copy()
         return info

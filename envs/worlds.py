@@ -16,6 +16,13 @@ import torch
 from worldsim.data.actions import euler2rotm, rotm2euler
 from worldsim.data.bridge import Episode, load_episode
 from worldsim.data.dataset import resize_frames
+from worldsim.eval.success import (
+    SUCCESS_WEIGHTS,
+    SceneEstimate,
+    SuccessModel,
+    load_success_model,
+    parse_instruction,
+)
 from worldsim.models.rollout import Rollout
 from worldsim.models.world_model import WorldModel, best_device, load_shared
 from worldsim.sim.spaces import ACTION_HIGH, ACTION_LOW
@@ -24,8 +31,9 @@ _SEED_HIGH = 2**63 - 1  # rollout noise seeds are drawn from np_random in [0, th
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _OPTIONS_HELP = (
     "use no options (a start frame shipped with the checkpoint), {'episode': PATH_TO_ANNOTATION_JSON, "
-    "'frame': k} or {'image': uint8 (H, W, 3), 'ee_state': (7,)}"
+    "'frame': k} or {'image': uint8 (H, W, 3), 'ee_state': (7,)}, each optionally with 'instruction': str"
 )
+Start = tuple[np.ndarray, np.ndarray, "str | None"]  # image (H, W, 3) uint8, ee_state (7,), instruction
 
 
 def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -66,6 +74,7 @@ class _Worlds:
         resolution: tuple[int, int] | None,
         clip_warn: bool,
         compile: bool = False,
+        success_model: str | Path | SuccessModel | None = "auto",
     ) -> None:
         if isinstance(dtype, str):
             if dtype not in _DTYPES and dtype != "auto":
@@ -85,11 +94,16 @@ class _Worlds:
             context_noise=context_noise,
         )
         self.start_frames = WorldModel.start_frames(checkpoint)
+        self.success = _success_model(success_model, checkpoint, self.model_size, self.rollout.device)
+        self.instructions: list[str | None] = [None] * num_worlds  # the task of each world, if known
+        self.judged = np.zeros(num_worlds, dtype=bool)  # worlds whose instruction the success model reads
+        self.start_state: SceneEstimate | None = None  # success model's estimate of each start frame
         self.clip_warn = clip_warn
         self._clip_warned = False
         self._episode: tuple[tuple[str, int], Episode, np.ndarray] | None = None  # last decoded episode
         B = num_worlds
         self.images = np.zeros((B, *self.size, 3), dtype=np.uint8)  # current frames, observation size
+        self.model_frames = np.zeros((B, *self.model_size, 3), dtype=np.uint8)  # the same at the model's size
         # The commanded pose, kept as position + rotation matrix so integrating never round-trips eulers.
         self.xyz = np.zeros((B, 3))
         self.rotation = np.tile(np.eye(3), (B, 1, 1))
@@ -98,11 +112,11 @@ class _Worlds:
         self.started = False
 
     # ---------------------------------------------------------------------------------- starts
-    def start(
-        self, options: dict[str, Any] | None, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The start image (uint8 (H, W, 3), any size) and ee_state (7,) that reset `options` ask for."""
-        options = options or {}
+    def start(self, options: dict[str, Any] | None, rng: np.random.Generator) -> Start:
+        """The start image (uint8 (H, W, 3), any size), ee_state (7,) and instruction (None if unknown)
+        that reset `options` ask for."""
+        options = dict(options or {})
+        instruction = self._check_instruction(options.pop("instruction", None))
         keys = set(options)
         if not keys:
             if self.start_frames is None:
@@ -110,15 +124,32 @@ class _Worlds:
                     f"this checkpoint ships no start frames, so reset needs options: {_OPTIONS_HELP}"
                 )
             k = int(rng.integers(len(self.start_frames["images"])))
-            return self.start_frames["images"][k], self.start_frames["ee_states"][k].astype(np.float64)
+            shipped = self.start_frames.get("instructions")
+            text = instruction or (str(shipped[k]) if shipped is not None else "") or None
+            return self.start_frames["images"][k], self.start_frames["ee_states"][k].astype(np.float64), text
         if "episode" in keys and keys <= {"episode", "frame"}:
-            return self._episode_start(options["episode"], options.get("frame", 0))
+            image, ee, texts = self._episode_start(options["episode"], options.get("frame", 0))
+            return image, ee, instruction or next(iter(texts), None)
         if keys == {"image", "ee_state"}:
-            return _check_image(options["image"]), _check_ee_state(options["ee_state"])
+            return _check_image(options["image"]), _check_ee_state(options["ee_state"]), instruction
         raise ValueError(f"reset options with keys {sorted(keys)} not understood: {_OPTIONS_HELP}")
 
-    def _episode_start(self, path: str | Path, frame: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Frame k of a Bridge episode and its state; the decoded video is kept for the next reset."""
+    def _check_instruction(self, text: Any) -> str | None:
+        if text is None:
+            return None
+        if not isinstance(text, str):
+            raise ValueError(f"options['instruction'] must be a str, got {type(text).__name__}")
+        if self.success is not None:
+            try:
+                parse_instruction(text, self.success.cfg)
+            except ValueError as e:
+                raise ValueError(
+                    f"options['instruction']: {e} (the success model knows BridgeSim's tasks)"
+                ) from e
+        return text
+
+    def _episode_start(self, path: str | Path, frame: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Frame k of a Bridge episode, its state and texts; the decoded video is kept for the next reset."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"options['episode']: annotation JSON not found: {path}")
@@ -135,18 +166,51 @@ class _Worlds:
         # The data's gripper closure (1 = closed) is continuous_gripper_state; the state's 7th column
         # has no pinned convention (see worldsim/data/bridge.py).
         ee = np.concatenate([episode.state[frame, :6], [episode.continuous_gripper_state[frame]]])
-        return frames[frame], ee
+        return frames[frame], ee, episode.texts
 
-    def reset(self, idx: np.ndarray, starts: list[tuple[np.ndarray, np.ndarray]], seeds: list[int]) -> None:
-        """Start worlds `idx` from `starts` (image, ee_state), their noise streams seeded by `seeds`."""
-        frames = np.stack([resize_images(image[None], self.model_size)[0] for image, _ in starts])
+    def reset(self, idx: np.ndarray, starts: list[Start], seeds: list[int]) -> None:
+        """Start worlds `idx` from `starts` (image, ee_state, instruction), noise streams seeded by `seeds`."""
+        frames = np.stack([resize_images(image[None], self.model_size)[0] for image, _, _ in starts])
         self.rollout.seed_worlds(seeds, idx)
         self.rollout.reset(frames, which=idx)
-        for i, (image, ee) in zip(idx, starts):
+        self.model_frames[idx] = frames
+        for i, (image, ee, instruction) in zip(idx, starts):
             self.images[i] = resize_images(image[None], self.size)[0]
             self.xyz[i], self.rotation[i], self.gripper[i] = ee[:3], euler2rotm(ee[3:6]), ee[6]
+            self.instructions[i], self.judged[i] = instruction, self._judgeable(instruction)
+        if self.success is not None:
+            estimate = self.success.estimate(frames)
+            if self.start_state is None:
+                B, K = len(self.steps), self.success.cfg.keypoints
+                self.start_state = SceneEstimate(
+                    np.zeros((B, K, 3)), np.zeros((B, K)), self.success.cfg.colours
+                )
+            self.start_state.positions[idx], self.start_state.grasp[idx] = estimate.positions, estimate.grasp
         self.steps[idx] = 0
         self.started = True
+
+    def _judgeable(self, instruction: str | None) -> bool:
+        """Whether the success model can judge this instruction (a real Bridge text usually is not)."""
+        if instruction is None or self.success is None:
+            return False
+        try:
+            parse_instruction(instruction, self.success.cfg)
+        except ValueError:
+            return False
+        return True
+
+    def success_flags(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(is_success (B,), judged (B,)) for the current frames: the success model applied to worlds whose
+        instruction it can read (`judged`); None without a success model."""
+        if self.success is None:
+            return None
+        judged = self.judged.copy()
+        flags = np.zeros(len(judged), dtype=bool)
+        idx = np.flatnonzero(judged)
+        if len(idx) and self.start_state is not None:
+            now = self.success.estimate(self.model_frames[idx])
+            flags[idx] = self.success.judge(now, self.start_state[idx], [self.instructions[i] for i in idx])
+        return flags, judged
 
     # ----------------------------------------------------------------------------------- steps
     def check_actions(
@@ -182,7 +246,8 @@ class _Worlds:
             # One graph launch per step (models/cuda_graph.py): 51 -> 6 ms for one env on an H100. Large
             # batches are compute-bound and a captured graph pins its peak memory, so they stay eager.
             self.rollout.enable_cuda_graph()
-        self.images = resize_images(self.rollout.step(actions), self.size)
+        self.model_frames = self.rollout.step(actions)
+        self.images = resize_images(self.model_frames, self.size)
         # integrate_actions (worldsim/data/actions.py), one step batched over worlds: the pose moves in
         # the current gripper frame, the gripper state becomes the command's closure.
         self.xyz = self.xyz + np.einsum("bij,bj->bi", self.rotation, actions[:, 0:3])
@@ -193,3 +258,29 @@ class _Worlds:
     def ee_states(self) -> np.ndarray:
         """(B, 7) float64 commanded poses: x, y, z, roll, pitch, yaw, gripper (1 = closed)."""
         return np.concatenate([self.xyz, rotm2euler(self.rotation), self.gripper[:, None]], axis=1)
+
+
+def _success_model(
+    choice: str | Path | SuccessModel | None,
+    checkpoint: str | Path | None,
+    size: tuple[int, int],
+    device: torch.device,
+) -> SuccessModel | None:
+    """The success model an env uses, on the world model's device: "auto" = the bundle's
+    `success.safetensors` if it ships one, None = none, a path = that file or folder, or a loaded
+    `SuccessModel` (used where it is)."""
+    if choice is None or isinstance(choice, SuccessModel):
+        model = choice
+    elif isinstance(choice, str) and choice == "auto":
+        from worldsim.models.world_model import resolve_weights
+
+        file = resolve_weights(checkpoint).parent / SUCCESS_WEIGHTS
+        model = load_success_model(file, device) if file.exists() else None
+    else:
+        model = load_success_model(choice, device)
+    if model is not None and (model.cfg.height, model.cfg.width) != tuple(size):
+        raise ValueError(
+            f"success_model: it sees {model.cfg.height}x{model.cfg.width} frames, the world model makes "
+            f"{size[0]}x{size[1]}"
+        )
+    return model

@@ -30,7 +30,7 @@ ACT_BATCH=${ACT_BATCH:-32}  # windows per GPU
 ACT_LR=${ACT_LR:-2e-4}
 ACT_GPUS=${ACT_GPUS:-1}  # action post-training on this many GPUs (torchrun, FSDP2)
 ACT_COMPILE=${ACT_COMPILE:-false}  # torch.compile each transformer block
-# Success classifier shipped beside the model (is_success in BridgeWorld-v0): BridgeSim episodes to
+# Success model shipped beside the model (is_success in BridgeWorld-v0): BridgeSim episodes to
 # train it on (0 = skip), and its training steps.
 SUCCESS_EPISODES=${SUCCESS_EPISODES:-0}
 SUCCESS_STEPS=${SUCCESS_STEPS:-4000}
@@ -112,9 +112,9 @@ say "convert $(latest bridge_small_action)"
 python -m worldsim.train.convert "$(latest bridge_small_action)/model" "$WORK/converted" \
   --start-frames "$DATA" --split val --num-start-frames 32 > "$WORK/logs/convert.log" 2>&1
 if [ "$SUCCESS_EPISODES" -gt 0 ]; then
-  # 6. The success classifier: trained on BridgeSim frames (the eval's success stage trains one when
+  # 6. The success model: trained on BridgeSim frames (the eval's success stage trains one when
   # the bundle has none), measured on held-out episodes, then shipped in the bundle.
-  say "success classifier on $SUCCESS_EPISODES BridgeSim episodes"
+  say "success model on $SUCCESS_EPISODES BridgeSim episodes"
   python -m worldsim.eval.cli --checkpoint "$WORK/converted/bundle" --out "$WORK/success" --stages success \
     --success-train-episodes "$SUCCESS_EPISODES" --success-val-episodes 200 --success-steps "$SUCCESS_STEPS" \
     --workers "$WORKERS" --no-progress > "$WORK/logs/success.log" 2>&1

@@ -40,6 +40,24 @@ def make_world_bundle(path: Path, with_start_frames: bool = True, seed: int = 0)
     return model.save_pretrained(path, start_frames=start)
 
 
+def constant_success_model(height: int, width: int):
+    """A real `StateNet` whose last layer is zero: every keypoint is estimated at the same place, unheld.
+    So any block counts as resting in the bowl (pick_place succeeds at once) and nothing rises (lift
+    never succeeds), whatever the frame: a success model with a known answer."""
+    import torch
+
+    from worldsim.eval.success import StateNet, SuccessConfig, SuccessModel
+
+    net = StateNet(
+        SuccessConfig(height=height, width=width, input_pool=1, channels=(8, 8, 16, 16), hidden=16)
+    )
+    with torch.no_grad():
+        last = net.head[-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.0, 0.0, 0.0, -5.0]))  # at POSITION_MEAN, grasp probability ~0
+    return SuccessModel(net)
+
+
 @pytest.fixture(scope="session")
 def world_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder of a tiny BridgeWorld checkpoint with start frames (built once per test session)."""

@@ -137,3 +137,27 @@ def test_vector_render_returns_every_frame(world_bundle):
     obs, _ = envs.reset(seed=0)
     np.testing.assert_array_equal(envs.render(), obs["image"])
     assert envs.render().shape == (2, 32, 48, 3)
+
+
+def test_vector_env_judges_each_world_and_autoresets_the_successful_ones(world_bundle, tmp_path):
+    from conftest import constant_success_model
+
+    # Always judges "in the bowl" done and "lift" not done (see constant_success_model).
+    success = constant_success_model(32, 48)
+    envs = make_vec(world_bundle, 3, success_model=success)
+    image = np.full((32, 48, 3), 100, np.uint8)
+    envs.reset(seed=0, options={"image": image, "ee_state": np.zeros(7), "instruction": "lift the red block"})
+    _, rewards, terminated, _, info = envs.step(np.zeros((3, 7), np.float32))
+    assert not terminated.any() and not rewards.any()
+    assert info["_is_success"].all() and not info["is_success"].any()
+    assert list(info["instruction"]) == ["lift the red block"] * 3
+
+    envs.reset(
+        seed=0,
+        options={"image": image, "ee_state": np.zeros(7), "instruction": "put the red block in the bowl"},
+    )
+    _, rewards, terminated, _, info = envs.step(np.zeros((3, 7), np.float32))
+    assert terminated.all() and (rewards == 1.0).all() and info["is_success"].all()
+    _, _, terminated, _, info = envs.step(np.zeros((3, 7), np.float32))  # autoreset step
+    assert not terminated.any() and (info["frame_index"] == 0).all()
+    envs.close()

@@ -7,7 +7,7 @@ Stages (`--stages`, default all):
 - open_loop: each episode of the split from its first frame with its own actions, PSNR/SSIM per
   horizon 1..H against the video and against the copy-last-frame baseline (open_loop.py);
 - counterfactual: random teleop action sequences in BridgeSim and the model from one start (counterfactual.py);
-- success: the frame success classifier: loaded from `--success-model` or the bundle's
+- success: the success model (block and bowl state from a frame + the task predicates): loaded from `--success-model` or the bundle's
   `success.safetensors`, else trained on BridgeSim frames and written to OUT/success.safetensors;
   accuracy on held-out sim episodes (success.py);
 - ranking: policies of graded skill in BridgeSim and in the model, success rates and their Pearson and
@@ -75,9 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--success-model", default=None, help="success.safetensors (default: the bundle's, else train)"
     )
-    p.add_argument("--success-train-episodes", type=int, default=160)
-    p.add_argument("--success-val-episodes", type=int, default=40)
-    p.add_argument("--success-steps", type=int, default=600, help="classifier training steps")
+    p.add_argument("--success-train-episodes", type=int, default=400)
+    p.add_argument("--success-val-episodes", type=int, default=60)
+    p.add_argument("--success-steps", type=int, default=3000, help="success model training steps")
     p.add_argument(
         "--render-resolution", type=_pair, default=(480, 640), help="H,W BridgeSim renders at (the data's)"
     )
@@ -92,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _success_model(
     args: argparse.Namespace, resolution: tuple[int, int], device: torch.device, progress: bool
 ):
-    """Load (and measure on held-out sim frames) or train the success classifier; returns (model, metrics)."""
+    """Load (and measure on held-out sim frames) or train the success model; returns (model, metrics)."""
     bundled = resolve_weights(args.checkpoint).parent / SUCCESS_WEIGHTS
     source = Path(args.success_model) if args.success_model else bundled if bundled.exists() else None
     if source is None:
@@ -112,7 +112,7 @@ def _success_model(
     model = load_success_model(source, device)
     if (model.cfg.height, model.cfg.width) != resolution:
         raise SystemExit(
-            f"{source}: success classifier is {model.cfg.height}x{model.cfg.width}, model is {resolution}"
+            f"{source}: success model is {model.cfg.height}x{model.cfg.width}, model is {resolution}"
         )
     val = collect_success_frames(
         args.success_val_episodes,

@@ -11,9 +11,9 @@ BridgeSim, the commanded pose integrated from the actions in the learned world, 
 reports it), and a kinematic belief update — a block closed on follows the gripper until it is let go
 (then it drops to the table or the bowl floor), a block the closed fingers sweep into at table height is
 pushed ahead of them. The policy is closed-loop in ee_state and open-loop in objects, identically in the
-two worlds. Success is the task predicate in BridgeSim and the frame success classifier (`success.py`)
-in the learned world, an episode succeeding once the classifier fires on `confirm_frames` consecutive
-frames (BridgeSim episodes end at the first success, as BridgeSim-v0 terminates).
+two worlds. Success is the task predicate in BridgeSim and the same predicate on the success model's
+state estimate (`success.py`) in the learned world, an episode succeeding once it holds on
+`confirm_frames` consecutive frames (BridgeSim episodes end at the first success, as BridgeSim-v0 terminates).
 """
 
 from __future__ import annotations
@@ -182,6 +182,7 @@ def world_policy_episodes(
     ee = np.stack([b.ee_state() for b in beliefs])  # (B, 7) commanded pose
     rollout = model.rollout(batch_size=B, seed=seed)
     rollout.reset(starts)
+    start_state = success_model.estimate(starts)  # once per episode: "pushed 8 cm" is measured from it
     streak, done, steps = np.zeros(B, int), np.zeros(B, bool), np.full(B, max_steps)
     last_action = np.zeros((B, 7))
     last_action[:, 6] = 1.0
@@ -195,7 +196,7 @@ def world_policy_episodes(
             ee[i] = integrate_actions(ee[i], actions[i])[-1]
             beliefs[i].observe(ee[i], actions[i])
         last_action = actions
-        hit = success_model.predict(frames, starts, instructions)
+        hit = success_model.predict(frames, instructions, start=start_state)
         streak = np.where(hit, streak + 1, 0)
         newly = ~done & (streak >= confirm_frames)
         steps[newly], done = t, done | newly

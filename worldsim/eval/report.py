@@ -158,7 +158,7 @@ def write_report(metrics: dict, out_dir: Path, examples: dict[str, np.ndarray] |
         "<h1>worldsim-eval</h1>"
         f"<pre>{html.escape(json.dumps(_clean(run), indent=1))}</pre>"
         f"<h2>Headline</h2>{_table(metrics.get('headline', {}))}"
-        f"<h2>Success classifier</h2><pre>{html.escape(json.dumps(_clean(metrics.get('success', {})), indent=1))}</pre>"
+        f"<h2>Success model</h2><pre>{html.escape(json.dumps(_clean(metrics.get('success', {})), indent=1))}</pre>"
         + "".join(parts)
         + f"<h2>Timings (s)</h2><pre>{html.escape(json.dumps(_clean(metrics.get('timings', {})), indent=1))}</pre>"
     )

@@ -2,7 +2,8 @@
 
 A bundle is a folder (or a single .safetensors file) holding `model.safetensors` whose metadata
 carries the `WorldModelConfig` JSON; loading never unpickles code. Optional start frames
-(`start_frames.npz`: images uint8 (S, H, W, 3) and ee_states (S, 7)) ship beside the weights.
+(`start_frames.npz`: images uint8 (S, H, W, 3), ee_states (S, 7) and optionally the episodes'
+instructions (S,) str) ship beside the weights.
 """
 
 from __future__ import annotations
@@ -64,12 +65,13 @@ class WorldModel(nn.Module):
         metadata = {"config": self.cfg.to_json(), "format": "worldsim", **(extra_metadata or {})}
         atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
         if start_frames is not None:
-            images = np.asarray(start_frames["images"], dtype=np.uint8)
-            ee = np.asarray(start_frames["ee_states"], dtype=np.float32)
-            atomic_write(
-                path / START_FRAMES_NAME,
-                lambda tmp: np.savez_compressed(open(tmp, "wb"), images=images, ee_states=ee),
-            )
+            arrays = {
+                "images": np.asarray(start_frames["images"], dtype=np.uint8),
+                "ee_states": np.asarray(start_frames["ee_states"], dtype=np.float32),
+            }
+            if start_frames.get("instructions") is not None:  # the episodes' tasks (success judgement)
+                arrays["instructions"] = np.asarray(start_frames["instructions"], dtype=np.str_)
+            atomic_write(path / START_FRAMES_NAME, lambda tmp: np.savez_compressed(open(tmp, "wb"), **arrays))
         return path
 
     @classmethod
@@ -101,7 +103,7 @@ class WorldModel(nn.Module):
         if not file.exists():
             return None
         with np.load(file, allow_pickle=False) as data:
-            return {"images": data["images"], "ee_states": data["ee_states"]}
+            return {k: data[k] for k in ("images", "ee_states", "instructions") if k in data}
 
 
 def resolve_weights(path: str | os.PathLike | None) -> Path:

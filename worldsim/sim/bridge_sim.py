@@ -150,6 +150,19 @@ class BridgeSim:
         R = self.data.xmat[self._body[name]].reshape(3, 3)
         return float(np.arctan2(R[1, 0], R[0, 0]))
 
+    def project(self, points: np.ndarray) -> np.ndarray:
+        """Image positions of world points (..., 3) in the camera image, normalised to [-1, 1] across the
+        width (x, to the right) and the height (y, downwards); pixel centres span the range."""
+        cam = self.model.camera(CAMERA)
+        R = self.data.cam_xmat[cam.id].reshape(3, 3)  # columns: camera right, up, backward (world frame)
+        p = (np.asarray(points, dtype=np.float64) - self.data.cam_xpos[cam.id]) @ R  # camera frame
+        depth = -p[..., 2]
+        f = 1.0 / np.tan(np.deg2rad(self.model.cam_fovy[cam.id]) / 2)  # in half-heights
+        y = -f * p[..., 1] / depth
+        x = f * p[..., 0] / depth * self.height / self.width
+        # [-1, 1] spans pixel edges; the grids used for images span pixel centres.
+        return np.stack([x * self.width / (self.width - 1), y * self.height / (self.height - 1)], axis=-1)
+
     def block_colour(self, name: str) -> str:
         return self._colours[name]
 

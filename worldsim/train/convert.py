@@ -68,7 +68,11 @@ def start_frames_from(
         resize_frames(ep.frames()[:1], (cfg.height, cfg.width))[0].transpose(1, 2, 0) for ep in episodes
     ]
     ee = [np.concatenate([ep.state[0, :6], [ep.continuous_gripper_state[0]]]) for ep in episodes]
-    return {"images": np.stack(images).astype(np.uint8), "ee_states": np.stack(ee).astype(np.float32)}
+    return {
+        "images": np.stack(images).astype(np.uint8),
+        "ee_states": np.stack(ee).astype(np.float32),
+        "instructions": np.array([ep.texts[0] if ep.texts else "" for ep in episodes], dtype=np.str_),
+    }
 
 
 def convert(
