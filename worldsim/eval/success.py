@@ -133,7 +133,13 @@ class StateNet(nn.Module):
         where = attention @ cells  # (B, K, 2) expected image position
         pooled = attention @ x.flatten(2).transpose(1, 2)  # (B, K, C) heat-weighted features
         out = self.head(torch.cat([pooled + self.embed, where], dim=-1))  # (B, K, 4)
-        return {"positions": out[..., 0:3], "grasp": out[..., 3], "where": where, "heat": heat, "cells": cells}
+        return {
+            "positions": out[..., 0:3],
+            "grasp": out[..., 3],
+            "where": where,
+            "heat": heat,
+            "cells": cells,
+        }
 
 
 def _centres(h: int, w: int, H: int, W: int, device: torch.device) -> torch.Tensor:
@@ -411,7 +417,11 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def state_loss(
-    net: StateNet, frames: torch.Tensor, positions: torch.Tensor, grasped: torch.Tensor, image_xy: torch.Tensor
+    net: StateNet,
+    frames: torch.Tensor,
+    positions: torch.Tensor,
+    grasped: torch.Tensor,
+    image_xy: torch.Tensor,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """For the keypoints present: smooth-L1 on their 3-D positions (normalised units), BCE on the blocks'
     grasp flag, and image-plane supervision of the heat maps (cross-entropy against a Gaussian of one
@@ -420,7 +430,9 @@ def state_loss(
     out = net.keypoints(frames)
     pred, logits, where, heat, cells = out["positions"], out["grasp"], out["where"], out["heat"], out["cells"]
     present = torch.isfinite(positions).all(dim=-1)  # (B, K)
-    target = (torch.nan_to_num(positions) - torch.tensor(POSITION_MEAN, device=positions.device)) / POSITION_SCALE
+    target = (
+        torch.nan_to_num(positions) - torch.tensor(POSITION_MEAN, device=positions.device)
+    ) / POSITION_SCALE
     position = F.smooth_l1_loss(pred[present], target[present], beta=0.1)
     blocks = present.clone()
     blocks[:, -1] = False
