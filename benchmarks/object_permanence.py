@@ -25,7 +25,13 @@ import numpy as np
 import torch
 
 from worldsim.data.dataset import resize_frames
-from worldsim.eval.success import SceneEstimate, classification_metrics, load_success_model, scene_state
+from worldsim.eval.success import (
+    SceneEstimate,
+    classification_metrics,
+    load_success_model,
+    scene_state,
+    tokenizer_round_trip,
+)
 from worldsim.models.world_model import WorldModel, best_device, inference_dtype, resolve_weights
 from worldsim.sim.bridge_sim import BridgeSim
 from worldsim.sim.policies import make_policy
@@ -62,18 +68,6 @@ def record(episodes: int, steps: int, seed: int, render: tuple[int, int], size: 
     return np.stack(frames), np.stack(actions), np.stack(positions), np.array(labels), instructions
 
 
-@torch.inference_mode()
-def reconstruct(model: WorldModel, frames: np.ndarray, chunk: int = 64) -> np.ndarray:
-    """The tokenizer's round trip (encode, decode) of uint8 frames: the best any generated frame can be."""
-    out, weight = [], next(model.parameters())
-    for i in range(0, len(frames), chunk):
-        x = torch.as_tensor(frames[i : i + chunk], device=weight.device).permute(0, 3, 1, 2)
-        x = x.to(weight.dtype) / 127.5 - 1
-        y = model.tokenizer.decode(model.tokenizer.encode(x))
-        out.append(((y.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
-    return np.concatenate(out)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=None, help="bundle with success.safetensors (default: bundled)")
@@ -96,7 +90,7 @@ def main() -> None:
     rollout = model.rollout(batch_size=E, seed=args.seed)
     rollout.reset(real[:, 0])
     generated = np.stack([real[:, 0]] + [rollout.step(actions[:, t]) for t in range(T)], axis=1)
-    reconstructed = reconstruct(model, real.reshape(-1, *size, 3)).reshape(real.shape)
+    reconstructed = tokenizer_round_trip(model, real.reshape(-1, *size, 3)).reshape(real.shape)
 
     horizons = sorted({h for h in (1, 2, 5, 10, 20, 30, 60) if h <= T})
     result = {"episodes": E, "steps": T, "device": str(device), "horizons": horizons}

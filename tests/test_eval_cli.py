@@ -39,6 +39,10 @@ def test_cli_writes_metrics_and_a_self_contained_report(tmp_path):
     assert written["ranking"]["policies"] == ["expert", "random"]
     assert len(written["ranking"]["sim_success_rate"]) == len(written["ranking"]["world_success_rate"]) == 2
     assert set(written["timings"]) >= {"open_loop", "counterfactual", "success", "ranking", "total"}
+    # The success model saw the renders and their round trip through this model's tokenizer,
+    # and it is measured on both kinds of held-out frames.
+    assert written["success"]["trained_on_round_trips"] is True
+    assert written["success"]["val_round_trip"]["frames"] == written["success"]["val"]["frames"]
     assert written["headline"] == metrics["headline"]
     report = (out / "report.html").read_text()
     assert (
@@ -48,7 +52,7 @@ def test_cli_writes_metrics_and_a_self_contained_report(tmp_path):
         and len(report) > 1_000_000
     )  # js inlined
 
-    # A second run reuses the classifier the first one trained instead of training again.
+    # A second run reuses the success model the first one trained instead of training again.
     classifier = out / "success.safetensors"
     assert load_success_model(classifier).cfg.height == 32
     again = main(common + ["--stages", "success,ranking", "--success-model", str(classifier)])

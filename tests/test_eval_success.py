@@ -121,6 +121,25 @@ def test_state_estimator_learns_positions_and_success_on_held_out_episodes(tmp_p
     )
 
 
+def test_round_tripped_frames_keep_their_labels_and_renumber_episodes(lift_frames):
+    from worldsim.eval.success import concat_frames, round_tripped
+    from worldsim.models.config import get_preset
+    from worldsim.models.world_model import WorldModel
+
+    _, val = lift_frames
+    model = WorldModel(get_preset("tiny"))  # 32x48; the frames are 48x64: the tokenizer is convolutional
+    soft = round_tripped(val, model)
+    assert soft.frames.shape == val.frames.shape and soft.frames.dtype == np.uint8
+    assert not np.array_equal(soft.frames, val.frames)  # an untrained tokenizer changes every frame
+    both = concat_frames(val, soft)
+    n, e = len(val), len(val.starts)
+    assert len(both) == 2 * n and len(both.starts) == len(both.instructions) == 2 * e
+    np.testing.assert_array_equal(both.episode[n:], val.episode + e)
+    np.testing.assert_array_equal(both.positions[n:], val.positions)
+    np.testing.assert_array_equal(both.labels[n:], val.labels)
+    np.testing.assert_array_equal(both.starts[e + val.episode], soft.starts[val.episode])
+
+
 def test_bad_success_files_and_inputs_are_clear_errors(tmp_path):
     model = SuccessModel(StateNet(SuccessConfig(height=48, width=64)))
     with pytest.raises(ValueError, match=r"frames must be uint8 \(B, \(48, 64, 3\)\)"):

@@ -32,6 +32,7 @@ from worldsim.eval.success import (
     collect_success_frames,
     evaluate_success_model,
     load_success_model,
+    round_tripped,
 )
 from worldsim.models.world_model import WorldModel, best_device, resolve_weights
 from worldsim.sim.policies import POLICIES
@@ -89,10 +90,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _success_model(
-    args: argparse.Namespace, resolution: tuple[int, int], device: torch.device, progress: bool
-):
-    """Load (and measure on held-out sim frames) or train the success model; returns (model, metrics)."""
+def _success_model(args: argparse.Namespace, world_model: WorldModel, device: torch.device, progress: bool):
+    """Load (and measure on held-out sim frames, also after the world model's tokenizer round trip) or
+    train the success model (on renders and their round trips); returns (model, metrics)."""
+    resolution = (world_model.cfg.height, world_model.cfg.width)
     bundled = resolve_weights(args.checkpoint).parent / SUCCESS_WEIGHTS
     source = Path(args.success_model) if args.success_model else bundled if bundled.exists() else None
     if source is None:
@@ -106,6 +107,7 @@ def _success_model(
             workers=args.workers,
             device=device,
             progress=progress,
+            world_model=world_model,
         )
         metrics["saved_to"] = str(model.save(args.out, metrics))
         return model, metrics
@@ -125,6 +127,7 @@ def _success_model(
     return model, {
         "loaded_from": str(source),
         "val": evaluate_success_model(model, val),
+        "val_round_trip": evaluate_success_model(model, round_tripped(val, world_model)),
         "val_episodes": len(val.starts),
     }
 
@@ -184,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     success_model = None
     if "success" in stages or "ranking" in stages:
         t = time.perf_counter()
-        success_model, metrics["success"] = _success_model(args, resolution, device, progress)
+        success_model, metrics["success"] = _success_model(args, model, device, progress)
         timings["success"] = round(time.perf_counter() - t, 3)
     if "ranking" in stages:
         t = time.perf_counter()
