@@ -26,7 +26,6 @@ import torch
 
 from worldsim.data.dataset import resize_frames
 from worldsim.eval.success import (
-    SceneEstimate,
     classification_metrics,
     load_success_model,
     scene_state,
@@ -97,10 +96,7 @@ def main() -> None:
     for name, frames in (("real", real), ("reconstructed", reconstructed), ("generated", generated)):
         est = success.estimate(frames.reshape(-1, *size, 3))
         error = np.linalg.norm(est.positions.reshape(E, T + 1, -1, 3) - truth, axis=-1)[..., :-1] * 100
-        start = est[np.arange(E) * (T + 1)]
-        start = SceneEstimate(
-            np.repeat(start.positions, T + 1, 0), np.repeat(start.grasp, T + 1, 0), start.colours
-        )
+        start = est[np.repeat(np.arange(E) * (T + 1), T + 1)]  # each frame's episode start
         judged = success.judge(est, start, [text for text in instructions for _ in range(T + 1)]).reshape(
             E, T + 1
         )

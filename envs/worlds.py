@@ -24,7 +24,7 @@ from worldsim.eval.success import (
     parse_instruction,
 )
 from worldsim.models.rollout import Rollout
-from worldsim.models.world_model import WorldModel, best_device, load_shared
+from worldsim.models.world_model import WorldModel, best_device, load_shared, resolve_weights
 from worldsim.sim.spaces import ACTION_HIGH, ACTION_LOW
 
 _SEED_HIGH = 2**63 - 1  # rollout noise seeds are drawn from np_random in [0, this)
@@ -272,8 +272,6 @@ def _success_model(
     if choice is None or isinstance(choice, SuccessModel):
         model = choice
     elif isinstance(choice, str) and choice == "auto":
-        from worldsim.models.world_model import resolve_weights
-
         file = resolve_weights(checkpoint).parent / SUCCESS_WEIGHTS
         model = load_success_model(file, device) if file.exists() else None
     else:

@@ -42,6 +42,7 @@ from tqdm import tqdm
 from worldsim.atomic import atomic_write
 from worldsim.data.dataset import resize_frames
 from worldsim.eval.sim_pool import get_sim, sim_map
+from worldsim.models.rollout import Rollout, _to_model_frames
 from worldsim.sim.bridge_sim import BridgeSim
 from worldsim.sim.policies import POLICIES, make_policy
 from worldsim.sim.scene import BLOCK_NAMES, PALETTE
@@ -212,7 +213,7 @@ class SuccessModel:
             raise ValueError(f"frames must be uint8 (B, {expected}), got {frames.dtype} {frames.shape}")
         positions, grasp = [], []
         for i in range(0, len(frames), chunk):
-            p, g = self.net(_to_input(frames[i : i + chunk], self.device))
+            p, g = self.net(_to_model_frames(frames[i : i + chunk], self.device, torch.float32))
             positions.append(p.float().cpu())
             grasp.append(torch.sigmoid(g).float().cpu())
         K = self.cfg.keypoints
@@ -286,12 +287,6 @@ def load_success_model(path: str | os.PathLike, device: str | torch.device = "cp
     net = StateNet(cfg)
     net.load_state_dict(load_file(str(file)))
     return SuccessModel(net, device)
-
-
-def _to_input(frames: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1] on device."""
-    x = torch.as_tensor(np.asarray(frames)).to(device)
-    return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 # ----------------------------------------------------------------------------- labelled sim frames
@@ -473,7 +468,9 @@ def train_success_model(
     for _ in bar:
         n_pos = min(batch_size // 4, len(positive))
         idx = np.concatenate([rng.choice(positive, n_pos), rng.integers(len(data), size=batch_size - n_pos)])
-        x = _augment(_to_input(data.frames[idx], torch.device("cpu")), generator).to(device)
+        x = _augment(_to_model_frames(data.frames[idx], torch.device("cpu"), torch.float32), generator).to(
+            device
+        )
         positions = torch.as_tensor(data.positions[idx], device=device)
         grasped = torch.as_tensor(data.grasped[idx], device=device)
         image_xy = torch.as_tensor(data.image_xy[idx], device=device)
@@ -534,9 +531,8 @@ def tokenizer_round_trip(model: torch.nn.Module, frames: np.ndarray, chunk: int 
     weight = next(model.parameters())
     out = []
     for i in range(0, len(frames), chunk):
-        x = torch.as_tensor(frames[i : i + chunk], device=weight.device).permute(0, 3, 1, 2)
-        y = model.tokenizer.decode(model.tokenizer.encode(x.to(weight.dtype) / 127.5 - 1))
-        out.append(((y.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+        x = _to_model_frames(frames[i : i + chunk], weight.device, weight.dtype)
+        out.append(Rollout._to_uint8(model.tokenizer.decode(model.tokenizer.encode(x))).cpu().numpy())
     return np.concatenate(out) if out else frames.copy()
 
 

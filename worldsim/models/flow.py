@@ -17,6 +17,12 @@ from worldsim.models.config import WorldModelConfig
 from worldsim.models.dynamics import DynamicsTransformer, frame_mask_to_tokens, training_frame_mask
 
 
+def training_sequence_frames(num_frames: int) -> int:
+    """Frames one training window puts through the transformer: the clean stream (all F frames) and the
+    noisy stream (frames 1..F-1), as `RectifiedFlow.loss` lays them out."""
+    return 2 * num_frames - 1
+
+
 def add_noise(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """x_t = (1 - t) x0 + t noise, with t broadcast from (B, F) over (B, F, C, h, w)."""
     t = t.to(x0.dtype)[..., None, None, None]
@@ -70,7 +76,7 @@ class RectifiedFlow:
             none = torch.zeros_like(actions[:, :1])  # frame 0 has no action leading into it
             seq_actions = torch.cat([none, actions, actions], dim=1)  # (B, 2F-1, A)
             keep = (torch.rand(B, device=device) >= cfg.action_dropout).float()  # per-sample dropout
-            seq_mask = torch.ones(B, 2 * Fr - 1, device=device) * keep[:, None]
+            seq_mask = torch.ones(B, training_sequence_frames(Fr), device=device) * keep[:, None]
             seq_mask[:, 0] = 0.0
         mask = frame_mask_to_tokens(
             training_frame_mask(Fr, cfg.num_context_frames, device), net.cfg.tokens_per_frame

@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from worldsim.models.config import WorldModelConfig
 from worldsim.models.dynamics import frame_mask_to_tokens, training_frame_mask
+from worldsim.models.flow import training_sequence_frames
 from worldsim.models.world_model import WorldModel
 
 # Dense peak FLOP/s per device by name fragment (NVIDIA datasheets, without sparsity).
@@ -51,7 +52,7 @@ def train_flops_per_window(cfg: WorldModelConfig, stage: str) -> float:
         if stage == "tokenizer":
             latents = torch.zeros(Fr, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
             return 3.0 * (encode + _count(lambda: model.tokenizer.decoder(latents)))
-        L = 2 * Fr - 1  # clean stream + noisy stream, as RectifiedFlow.loss lays them out
+        L = training_sequence_frames(Fr)
         z = torch.zeros(1, L, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
         t = torch.zeros(1, L)
         actions = torch.zeros(1, L, cfg.action_dim)

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from worldsim.models.config import WorldModelConfig
+from worldsim.models.flow import training_sequence_frames
 from worldsim.models.world_model import WorldModel
 from worldsim.train.checkpoint import CheckpointManager, rng_state
 from worldsim.train.config import TrainConfig
@@ -229,7 +230,7 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
             }
             if cfg.stage != "tokenizer":  # dynamics tokens (both streams) through the transformer
                 record["tokens_per_s"] = (
-                    windows * (2 * model_cfg.num_frames - 1) * model_cfg.tokens_per_frame / dt
+                    windows * training_sequence_frames(model_cfg.num_frames) * model_cfg.tokens_per_frame / dt
                 )
             if device.type == "cuda":  # this rank's peak since the start (FSDP shards: ranks are alike)
                 record["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
