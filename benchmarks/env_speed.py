@@ -41,6 +41,8 @@ class Args:
     num_envs: tuple[int, ...] = (1, 16, 64, 256, 1024)  # vector env sizes
     max_cpu_envs: int = 64  # on the CPU, larger N are skipped (each step takes seconds)
     denoise_steps: int | None = None  # None = the checkpoint's
+    compile: bool = False  # torch.compile the model (the env's compile=True)
+    single_devices: tuple[str, ...] = ("cpu", "cuda")  # where the single env is timed (cuda if available)
     warmup: int = 3  # untimed steps per point
     steps: int = 30  # timed steps per point
     max_seconds: float = 60.0  # stop timing a point after this long (at least 2 steps)
@@ -96,12 +98,15 @@ def main(args: Args) -> dict:
     device = best_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = random_bundle(args.preset, Path(tmp)) if args.preset else args.checkpoint
-        settings = dict(checkpoint=checkpoint, dtype=args.dtype, denoise_steps=args.denoise_steps)
+        settings = dict(
+            checkpoint=checkpoint, dtype=args.dtype, denoise_steps=args.denoise_steps, compile=args.compile
+        )
         rng = np.random.default_rng(0)
         n_actions = args.warmup + args.steps
         rows = []
         print(f"{'env':8} {'device':6} {'N':>5} {'ms/step':>10} {'frames/s':>10} {'steps':>6}")
-        for single_device in ["cpu"] + (["cuda"] if device.type == "cuda" else []):
+        singles = [d for d in args.single_devices if d == "cpu" or device.type == "cuda"]
+        for single_device in singles:
             env = BridgeWorldEnv(device=single_device, **settings)
             cfg, denoise_steps = env.worlds.model.cfg, env.worlds.rollout.denoise_steps
             actions = rng.uniform(ACTION_LOW, ACTION_HIGH, (n_actions, 7)).astype(np.float32)

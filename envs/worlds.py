@@ -109,6 +109,7 @@ class _Worlds:
         self.rotation = np.tile(np.eye(3), (B, 1, 1))
         self.gripper = np.zeros(B)  # 1 = closed, as the data's continuous_gripper_state
         self.steps = np.zeros(B, dtype=np.int64)  # frames predicted since each world's reset
+        self.frames_on_device = False  # whether rollout.frames holds model_frames (no reset since the step)
         self.started = False
 
     # ---------------------------------------------------------------------------------- starts
@@ -188,6 +189,7 @@ class _Worlds:
             self.start_state.positions[idx], self.start_state.grasp[idx] = estimate.positions, estimate.grasp
         self.steps[idx] = 0
         self.started = True
+        self.frames_on_device = False
 
     def _judgeable(self, instruction: str | None) -> bool:
         """Whether the success model can judge this instruction (a real Bridge text usually is not)."""
@@ -208,7 +210,10 @@ class _Worlds:
         flags = np.zeros(len(judged), dtype=bool)
         idx = np.flatnonzero(judged)
         if len(idx) and self.start_state is not None:
-            now = self.success.estimate(self.model_frames[idx])
+            # The rollout's frames are still on the device unless a reset has replaced some since.
+            device_frames = self.rollout.frames if self.frames_on_device else None
+            frames = self.model_frames[idx] if device_frames is None else device_frames[torch.as_tensor(idx)]
+            now = self.success.estimate(frames)
             flags[idx] = self.success.judge(now, self.start_state[idx], [self.instructions[i] for i in idx])
         return flags, judged
 
@@ -242,11 +247,13 @@ class _Worlds:
         """Predict every world's next frame for checked actions (B, 7); advance the commanded poses."""
         if not self.started:
             raise gym.error.ResetNeeded("call reset() before step()")
-        if self.rollout.device.type == "cuda" and self.rollout.cuda_graph is None and len(self.steps) <= 64:
-            # One graph launch per step (models/cuda_graph.py): 51 -> 6 ms for one env on an H100. Large
-            # batches are compute-bound and a captured graph pins its peak memory, so they stay eager.
+        if self.rollout.device.type == "cuda" and self.rollout.cuda_graph is None and len(self.steps) <= 256:
+            # One graph launch per step (models/cuda_graph.py): 51 -> 3.5 ms for one env on an H100 (2.6 ms
+            # compiled). Larger batches are compute-bound and a captured graph pins its peak memory, so
+            # they stay eager.
             self.rollout.enable_cuda_graph()
-        self.model_frames = self.rollout.step(actions)
+        self.model_frames = self.rollout.step(actions, copy=False)  # _obs and render copy
+        self.frames_on_device = True  # rollout.frames == model_frames, on the model's device
         self.images = resize_images(self.model_frames, self.size)
         # integrate_actions (worldsim/data/actions.py), one step batched over worlds: the pose moves in
         # the current gripper frame, the gripper state becomes the command's closure.

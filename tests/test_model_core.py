@@ -137,6 +137,48 @@ def test_partial_reset_leaves_other_worlds_untouched() -> None:
     assert r.slot_valid[0].sum() == 1 and r.slot_valid[1].sum() == 2
 
 
+def test_host_count_of_committed_frames_says_which_slots_are_valid() -> None:
+    """The CUDA-graph path picks its unmasked graph from `committed` without a device sync: it must
+    agree with slot_valid through steps, full and partial resets."""
+    model = random_model()
+    cfg = model.cfg
+    K = cfg.num_context_frames
+    rng = np.random.default_rng(2)
+    frames = rng.integers(0, 256, (3, cfg.height, cfg.width, 3), dtype=np.uint8)
+    r = model.rollout(batch_size=3, seed=0)
+    r.reset(frames)
+    for step in range(3 * K):
+        if step == K + 1:
+            r.reset(frames[1:2], which=np.array([False, True, False]))
+        if step == 2 * K:
+            r.reset(frames)
+        assert np.array_equal(r.committed >= K, r.slot_valid.all(dim=1).numpy()), f"step {step}"
+        r.step(rng.normal(0, 0.02, (3, 7)))
+
+
+def test_flex_attention_block_mask_attends_exactly_like_the_dense_mask() -> None:
+    """The GPU training path (flex-attention, empty tiles skipped) computes what the dense mask does
+    (forward on the CPU: flex-attention has no CPU backward)."""
+    from worldsim.models.dynamics import training_block_mask
+
+    model = random_model()
+    cfg = model.cfg
+    z, t, actions, pos, mask = sequence_inputs(cfg)
+    block_mask = training_block_mask(cfg.num_frames, cfg.num_context_frames, cfg.tokens_per_frame, "cpu")
+    with torch.no_grad():
+        dense, _ = model.dynamics(z, t, actions, pos, mask)
+        flex, _ = model.dynamics(z, t, actions, pos, block_mask)
+    assert (dense - flex).abs().max().item() < 1e-4
+
+
+def test_training_flops_count_only_the_attention_the_mask_allows() -> None:
+    from worldsim.train.metrics import train_flops_per_window
+
+    cfg = get_preset("small")
+    narrow, wide = (train_flops_per_window(cfg.replace(num_context_frames=k), "action") for k in (1, 8))
+    assert narrow < wide  # same matmuls, fewer allowed query-key pairs
+
+
 def test_bad_actions_get_clear_errors() -> None:
     model = random_model()
     cfg = model.cfg

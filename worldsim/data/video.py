@@ -1,11 +1,14 @@
-"""Video I/O with PyAV: decode any mp4 the Bridge release uses (mpeg4, h264), write h264 atomically."""
+"""Video I/O with PyAV: decode any mp4 the Bridge release uses (mpeg4, h264), write h264 atomically.
+
+PyAV is imported where a video is read or written: stepping a model (the envs, the rollout engine)
+never touches a video file, and importing FFmpeg's bindings costs 170 ms.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import av
 import numpy as np
 
 from worldsim.atomic import atomic_write
@@ -17,6 +20,8 @@ class VideoError(ValueError):
 
 def read_video(path: str | os.PathLike) -> np.ndarray:
     """Decode every frame of a video into a (T, H, W, 3) uint8 RGB array."""
+    import av
+
     path = Path(path)
     if not path.is_file():
         raise VideoError(f"{path}: video file not found")
@@ -38,6 +43,8 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
 
 def encode_video(frames: np.ndarray, path: str | os.PathLike, fps: float = 5.0, crf: int = 18) -> None:
     """Encode (T, H, W, 3) uint8 frames to a browser-playable h264 mp4 at `path` (not atomic)."""
+    import av
+
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")

@@ -14,7 +14,14 @@ import torch
 import torch.nn.functional as F
 
 from worldsim.models.config import WorldModelConfig
-from worldsim.models.dynamics import DynamicsTransformer, frame_mask_to_tokens, training_frame_mask
+from worldsim.models.dynamics import (
+    DynamicsTransformer,
+    frame_mask_to_tokens,
+    training_block_mask,
+    training_frame_mask,
+)
+
+ATTENTION_BACKENDS = ("sdpa", "flex")
 
 
 def training_sequence_frames(num_frames: int) -> int:
@@ -37,9 +44,18 @@ def sampling_times(steps: int, shift: float = 1.0, device: torch.device | None =
 
 @dataclass
 class RectifiedFlow:
-    """The flow-matching objective for a `DynamicsTransformer`."""
+    """The flow-matching objective for a `DynamicsTransformer`.
+
+    attention: how the training layout's block-causal mask is applied: "sdpa" (a dense bool mask,
+    every score computed) or "flex" (flex-attention with a block mask: the tiles nobody attends are
+    skipped; the GPU default, see `worldsim.train`)."""
 
     cfg: WorldModelConfig
+    attention: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {self.attention!r}")
 
     def sample_t(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """Logit-normal flow times (SD3): sigmoid of a standard normal, favouring the middle."""
@@ -78,9 +94,12 @@ class RectifiedFlow:
             keep = (torch.rand(B, device=device) >= cfg.action_dropout).float()  # per-sample dropout
             seq_mask = torch.ones(B, training_sequence_frames(Fr), device=device) * keep[:, None]
             seq_mask[:, 0] = 0.0
-        mask = frame_mask_to_tokens(
-            training_frame_mask(Fr, cfg.num_context_frames, device), net.cfg.tokens_per_frame
-        )
+        if self.attention == "flex":
+            mask = training_block_mask(Fr, cfg.num_context_frames, net.cfg.tokens_per_frame, device)
+        else:
+            mask = frame_mask_to_tokens(
+                training_frame_mask(Fr, cfg.num_context_frames, device), net.cfg.tokens_per_frame
+            )
         v_pred, _ = net(z, times, seq_actions, frame_pos, mask, action_mask=seq_mask)
         target = noise - latents[:, 1:]
         loss = F.mse_loss(v_pred[:, Fr:].float(), target.float())

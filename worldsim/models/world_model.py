@@ -165,14 +165,22 @@ def load_shared(
     """`WorldModel.from_pretrained`, loaded once per (file, device, dtype) and shared: many envs, app
     sessions or vector envs hold their own `Rollout` (KV cache) over one set of weights.
     dtype None: `inference_dtype(device)`. `compile`: `torch.compile` the dynamics transformer (static
-    shapes; ~20 s at the first step, then ~20% faster CPU steps, measured on 2 cores)."""
+    shapes; ~20 s at the first step, then ~20% faster CPU steps, measured on 2 cores), and on CUDA the
+    decoder too: at batch 256 on an H100 10.1 ms eager, 5.8 ms compiled (3.8 with mode="max-autotune",
+    which costs minutes of autotuning at the first step of each batch size, so it is not used here;
+    `benchmarks/step_breakdown.py --decoder-batch 256`)."""
     dtype = inference_dtype(device) if dtype is None else dtype
     file = resolve_weights(path).resolve()
     key = (str(file), str(torch.device(device)), str(dtype), compile)
     if key not in _LOADED:
         model = WorldModel.from_pretrained(file, device=device, dtype=dtype)
         if compile:
+            # One compiled graph per call shape: each batch size (and partial-reset size), masked and
+            # unmasked passes, commit passes. Dynamo's default limit (8) would drop later ones to eager.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             model.dynamics.compile(dynamic=False)
+            if torch.device(device).type == "cuda":
+                model.tokenizer.decoder.compile(dynamic=False)
         _LOADED[key] = model
     return _LOADED[key]
 

@@ -22,6 +22,7 @@ from worldsim.models.config import PRESETS, WorldModelConfig, get_preset
 
 STAGES = ("tokenizer", "video2world", "action")
 PRECISIONS = ("auto", "bf16", "fp32")
+ATTENTIONS = ("auto", "flex", "sdpa")
 POST_TRAINING_LR = 2**-14.5  # Cosmos-Predict2.5 action post-training learning rate
 
 
@@ -70,6 +71,9 @@ class TrainerConfig:
     val_batches: int = 2  # validation micro-batches per rank
     val_rollout_steps: int = 12  # frames of the validation rollout (dynamics stages)
     compile: bool = False  # torch.compile each transformer block
+    # How the dynamics stages apply the block-causal training mask: flex (flex-attention, skips the
+    # tiles nobody attends; CUDA only, it has no CPU backward), sdpa (dense bool mask), auto (flex on CUDA)
+    attention: str = "auto"
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     precision: str = "auto"  # bf16 | fp32 | auto (bf16 on CUDA, fp32 on CPU)
     # Wall-clock budget in minutes (0 = none): after `warmup_iter` steps the measured speed sets how many
@@ -236,6 +240,7 @@ def check_config(cfg: TrainConfig) -> None:
     need(t.val_batches > 0, "trainer.val_batches", "must be > 0")
     need(t.val_rollout_steps >= 0, "trainer.val_rollout_steps", "must be >= 0")
     need(t.precision in PRECISIONS, "trainer.precision", f"must be one of {list(PRECISIONS)}")
+    need(t.attention in ATTENTIONS, "trainer.attention", f"must be one of {list(ATTENTIONS)}")
     need(cfg.dataset.num_workers >= 0, "dataset.num_workers", "must be >= 0")
     need(cfg.dataset.stride > 0, "dataset.stride", "must be > 0")
     need(cfg.checkpoint.save_iter >= 0, "checkpoint.save_iter", "must be >= 0 (0 = only at the end)")

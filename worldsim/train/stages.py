@@ -29,13 +29,19 @@ def trainable_part(model: WorldModel, stage: str) -> nn.Module:
 class StageModule(nn.Module):
     """forward(video, action) -> (loss, logs) for one stage of `WorldModel` training."""
 
-    def __init__(self, model: WorldModel, stage: str, compute_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        model: WorldModel,
+        stage: str,
+        compute_dtype: torch.dtype = torch.float32,
+        attention: str = "sdpa",
+    ) -> None:
         super().__init__()
         self.model, self.stage = model, stage
         # FSDP2 casts the parameters to bf16; autocast also casts the fp32 tensors the model makes itself
         # (timestep embeddings, noise, latents) at each matmul, so mixed precision needs no model change.
         self.compute_dtype = compute_dtype
-        self.flow = RectifiedFlow(model.cfg)
+        self.flow = RectifiedFlow(model.cfg, attention)
         for p in model.parameters():
             p.requires_grad_(False)
         for p in trainable_part(model, stage).parameters():
@@ -69,6 +75,15 @@ class StageModule(nn.Module):
             latents = self.model.tokenizer.encode(frames).float()  # (B, F, C, h, w)
         drop = self.stage == "video2world"
         return self.flow.loss(self.model.dynamics, latents, action, drop_actions=drop)
+
+
+def resolve_attention(attention: str, device: torch.device) -> str:
+    """'auto' -> flex-attention on CUDA, SDPA elsewhere (flex-attention has no backward on the CPU)."""
+    if attention == "auto":
+        return "flex" if device.type == "cuda" else "sdpa"
+    if attention == "flex" and device.type != "cuda":
+        raise ValueError("trainer.attention=flex needs CUDA (flex-attention has no backward on the CPU)")
+    return attention
 
 
 def latent_stats_are_default(model: WorldModel) -> bool:

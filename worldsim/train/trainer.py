@@ -37,7 +37,7 @@ from worldsim.train.parallelize import (
     parallelize,
     resolve_precision,
 )
-from worldsim.train.stages import StageModule, latent_stats_are_default, set_latent_stats
+from worldsim.train.stages import StageModule, latent_stats_are_default, resolve_attention, set_latent_stats
 from worldsim.train.validate import gather_ema_model, validation_loss, validation_rollout
 
 
@@ -144,7 +144,8 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
         note += f"\nlatent stats set from training frames: shift {np.round(mu, 3)}, scale {np.round(std, 3)}"
 
     param_dtype = resolve_precision(t.precision, device)
-    root = StageModule(model, cfg.stage, param_dtype)
+    attention = resolve_attention(t.attention, device)
+    root = StageModule(model, cfg.stage, param_dtype, attention)
     parallelize(root, model, device, param_dtype, t.activation_checkpointing, t.compile)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(model, cfg, device)
@@ -171,7 +172,7 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
     if main:
         print(
             f"worldsim-train: {cfg.experiment} stage={cfg.stage} preset={model_cfg.name} ranks={info.world_size} "
-            f"device={device} precision={str(param_dtype).removeprefix('torch.')} trainable={n_train / 1e6:.2f}M "
+            f"device={device} precision={str(param_dtype).removeprefix('torch.')} attention={attention} trainable={n_train / 1e6:.2f}M "
             f"train windows={len(train_ds)} job={job_dir}{note and chr(10) + note.strip()}",
             flush=True,
         )
