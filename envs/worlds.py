@@ -103,13 +103,11 @@ class _Worlds:
         self._episode: tuple[tuple[str, int], Episode, np.ndarray] | None = None  # last decoded episode
         B = num_worlds
         self.images = np.zeros((B, *self.size, 3), dtype=np.uint8)  # current frames, observation size
-        self.model_frames = np.zeros((B, *self.model_size, 3), dtype=np.uint8)  # the same at the model's size
         # The commanded pose, kept as position + rotation matrix so integrating never round-trips eulers.
         self.xyz = np.zeros((B, 3))
         self.rotation = np.tile(np.eye(3), (B, 1, 1))
         self.gripper = np.zeros(B)  # 1 = closed, as the data's continuous_gripper_state
         self.steps = np.zeros(B, dtype=np.int64)  # frames predicted since each world's reset
-        self.frames_on_device = False  # whether rollout.frames holds model_frames (no reset since the step)
         self.started = False
 
     # ---------------------------------------------------------------------------------- starts
@@ -174,7 +172,6 @@ class _Worlds:
         frames = np.stack([resize_images(image[None], self.model_size)[0] for image, _, _ in starts])
         self.rollout.seed_worlds(seeds, idx)
         self.rollout.reset(frames, which=idx)
-        self.model_frames[idx] = frames
         for i, (image, ee, instruction) in zip(idx, starts):
             self.images[i] = resize_images(image[None], self.size)[0]
             self.xyz[i], self.rotation[i], self.gripper[i] = ee[:3], euler2rotm(ee[3:6]), ee[6]
@@ -189,7 +186,6 @@ class _Worlds:
             self.start_state.positions[idx], self.start_state.grasp[idx] = estimate.positions, estimate.grasp
         self.steps[idx] = 0
         self.started = True
-        self.frames_on_device = False
 
     def _judgeable(self, instruction: str | None) -> bool:
         """Whether the success model can judge this instruction (a real Bridge text usually is not)."""
@@ -210,10 +206,13 @@ class _Worlds:
         flags = np.zeros(len(judged), dtype=bool)
         idx = np.flatnonzero(judged)
         if len(idx) and self.start_state is not None:
-            # The rollout's frames are still on the device unless a reset has replaced some since.
-            device_frames = self.rollout.frames if self.frames_on_device else None
-            frames = self.model_frames[idx] if device_frames is None else device_frames[torch.as_tensor(idx)]
-            now = self.success.estimate(frames)
+            # A world not stepped since its reset shows its start frame, estimated at reset; the others'
+            # frames are the rollout's last step, still on the model's device.
+            now = self.start_state[idx]
+            stepped = self.steps[idx] > 0
+            if stepped.any():
+                moved = self.success.estimate(self.rollout.frames[torch.as_tensor(idx[stepped])])
+                now.positions[stepped], now.grasp[stepped] = moved.positions, moved.grasp
             flags[idx] = self.success.judge(now, self.start_state[idx], [self.instructions[i] for i in idx])
         return flags, judged
 
@@ -252,9 +251,9 @@ class _Worlds:
             # compiled). Larger batches are compute-bound and a captured graph pins its peak memory, so
             # they stay eager.
             self.rollout.enable_cuda_graph()
-        self.model_frames = self.rollout.step(actions, copy=False)  # _obs and render copy
-        self.frames_on_device = True  # rollout.frames == model_frames, on the model's device
-        self.images = resize_images(self.model_frames, self.size)
+        # copy=False: a view of the rollout's staging buffer (the next step overwrites it); _obs and
+        # render copy
+        self.images = resize_images(self.rollout.step(actions, copy=False), self.size)
         # integrate_actions (worldsim/data/actions.py), one step batched over worlds: the pose moves in
         # the current gripper frame, the gripper state becomes the command's closure.
         self.xyz = self.xyz + np.einsum("bij,bj->bi", self.rotation, actions[:, 0:3])

@@ -157,7 +157,7 @@ class Rollout:
             latents = self.denoise(a, noise)
             self._commit(latents, a, torch.ones(self.batch_size, device=self.device), every, eps)
             frames = self._to_uint8(self.model.tokenizer.decode(latents))
-        self.latents = latents
+        self.latents, self.frames = latents, frames
         self.frame_index += 1
         self.committed += 1
         return self._to_host(frames, copy)
@@ -165,7 +165,6 @@ class Rollout:
     def _to_host(self, frames: torch.Tensor, copy: bool = True) -> np.ndarray:
         """Device uint8 frames -> numpy; on CUDA through a pinned buffer (a direct DMA, about twice as
         fast as a copy to pageable memory for a batch of frames), copied out unless not `copy`."""
-        self.frames = frames
         if frames.device.type != "cuda":
             return frames.cpu().numpy()  # a new tensor every eager step: no copy needed
         if self._host_frames is None or self._host_frames.shape != frames.shape:
