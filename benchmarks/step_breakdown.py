@@ -61,7 +61,7 @@ def wall_ms(fn: Callable[[], object], repeats: int) -> float:
 
 
 @torch.inference_mode()
-def breakdown(model: WorldModel, batch: int, repeats: int, compiled: bool, channels_last: bool) -> dict:
+def breakdown(model: WorldModel, batch: int, repeats: int, compiled: bool) -> dict:
     cfg, dyn = model.cfg, model.dynamics
     frames = np.random.default_rng(0).integers(0, 256, (batch, cfg.height, cfg.width, 3), dtype=np.uint8)
     actions = np.tile([0.01, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], (batch, 1))
@@ -78,7 +78,7 @@ def breakdown(model: WorldModel, batch: int, repeats: int, compiled: bool, chann
     past = list(zip(r.cache_k, r.cache_v))
     rope = r._rope()
     lat = x[:, 0].contiguous()
-    row = {"batch": batch, "compiled": compiled, "channels_last": channels_last}
+    row = {"batch": batch, "compiled": compiled}
     row["pass_ms"] = graph_ms(
         lambda: dyn(x, t, a, None, None, action_mask=ones, past_kv=past, rope=rope), repeats
     )
@@ -177,14 +177,14 @@ def main() -> None:
     torch._dynamo.config.recompile_limit = 64  # one compiled graph per batch size and call shape
     rows = []
     for variant in args.variants:
-        compiled, channels_last = variant == "compiled", True  # a Rollout on CUDA makes it channels-last
+        compiled = variant == "compiled"
         if compiled:  # as the envs compile: the transformer, and the decoder with autotuned convolutions
             model = load_shared(args.checkpoint, "cuda", torch.bfloat16, compile=True)
         else:
             model = WorldModel.from_pretrained(args.checkpoint, device="cuda", dtype=torch.bfloat16)
         for batch in args.batch_sizes:
             try:
-                row = breakdown(model, batch, args.repeats, compiled, channels_last)
+                row = breakdown(model, batch, args.repeats, compiled)
             except torch.OutOfMemoryError:
                 gc.collect()
                 torch.cuda.empty_cache()

@@ -305,7 +305,8 @@ def training_block_mask(
 ) -> BlockMask:
     """`training_frame_mask` as a flex-attention `BlockMask`: the same attention, but tiles of the
     (2F-1)N x (2F-1)N score matrix that no query may attend are never computed (F = 13, K = 8: 26% of
-    the query-key pairs are allowed; 72% of the 128x128 tiles are skipped for `base`, 58% for `small`). Cached: a training run builds it once."""
+    the query-key pairs are allowed; 72% of the 128x128 tiles are skipped for `base`, 58% for
+    `small`). Cached: a training run builds it once."""
     return _training_block_mask(num_frames, window, tokens_per_frame, str(torch.device(device)))
 
 

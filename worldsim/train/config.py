@@ -19,10 +19,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from worldsim.models.config import PRESETS, WorldModelConfig, get_preset
+from worldsim.models.flow import ATTENTION_BACKENDS
 
 STAGES = ("tokenizer", "video2world", "action")
 PRECISIONS = ("auto", "bf16", "fp32")
-ATTENTIONS = ("auto", "flex", "sdpa")
+ATTENTIONS = ("auto", *ATTENTION_BACKENDS)  # auto: flex on CUDA, sdpa elsewhere
 POST_TRAINING_LR = 2**-14.5  # Cosmos-Predict2.5 action post-training learning rate
 
 
