@@ -239,8 +239,21 @@ def test_zero_initialised_action_layers_start_silent_then_learn() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        assert np.isfinite(logs["flow_mse"])
+        assert torch.isfinite(logs["flow_mse"])
     assert model.dynamics.action_embed.fc2.weight.abs().sum() > 0
     with torch.no_grad():
         conditioned = model.dynamics.conditioning(t, a[:, :1].expand(-1, cfg.num_frames, -1), None)
         assert not torch.allclose(conditioned, model.dynamics.conditioning(t, None, None))
+
+
+def test_training_flow_times_follow_the_sampler_shift():
+    """small samples 2 Euler steps at t = 1 and shift_time(0.5, 6) = 0.857; training draws its flow times
+    with the same shift, so half of them lie above 0.857 (3.7% without the shift)."""
+    small = get_preset("small")
+    torch.manual_seed(0)
+    t_mid = float(sampling_times(small.denoise_steps, small.time_shift)[1])
+    shifted = RectifiedFlow(small).sample_t((200_000,), torch.device("cpu"))
+    plain = RectifiedFlow(get_preset("small", train_time_shift=1.0)).sample_t((200_000,), torch.device("cpu"))
+    assert 0 < float(shifted.min()) and float(shifted.max()) < 1
+    assert float((shifted > t_mid).float().mean()) == pytest.approx(0.5, abs=0.01)
+    assert float((plain > t_mid).float().mean()) == pytest.approx(0.037, abs=0.005)

@@ -62,6 +62,7 @@ def test_lr_schedule_warms_up_then_decays_linearly():
         (["dataset.root=/d", "trainer.precision=fp8"], "trainer.precision"),
         (["dataset.root=/d", "model.overrides.depht=4"], "model.overrides.depht"),
         (["trainer.max_iter=5"], "dataset.root"),
+        (["dataset.root=/d", "trainer.max_minutes=5", "trainer.warmup_iter=1"], "trainer.warmup_iter=1"),
     ],
 )
 def test_bad_config_is_a_clear_error_naming_the_key(argv, expected, capsys):

@@ -171,3 +171,29 @@ def test_convert_writes_weight_files_and_a_bundle_equal_to_the_ema(reference, da
         from worldsim.train.convert import read_checkpoint
 
         read_checkpoint(tmp_path)
+
+
+def test_non_finite_gradient_stops_before_a_checkpoint(data, out, monkeypatch):
+    """Grad norms are read once per log interval (no host sync per step), yet a non-finite one still
+    stops the run before anything is logged or saved from the broken weights."""
+    import worldsim.train.trainer as trainer
+    from worldsim.train.config import load_config
+
+    real = trainer.clip_gradients
+    calls = []
+
+    def clip_then_break(params, max_norm):
+        calls.append(1)
+        total = real(params, max_norm)
+        return total * float("nan") if len(calls) == 3 else total
+
+    monkeypatch.setattr(trainer, "clip_gradients", clip_then_break)
+    monkeypatch.setenv("WORLDSIM_OUTPUT_ROOT", str(out))
+    cfg = load_config(
+        ["experiment=bridge_tiny", f"dataset.root={data}", "job.name=nan", "trainer.max_iter=10",
+         "trainer.log_every=5", "checkpoint.save_iter=5", "trainer.val_every=0"]
+    )  # fmt: skip
+    with pytest.raises(FloatingPointError, match=r"\(0, 5\]"):
+        trainer.train(cfg)
+    assert len(calls) == 5  # steps 4 and 5 ran; the check came at step 5's log, before its save
+    assert not (job_dir(out, "nan") / "checkpoints" / "latest_checkpoint.txt").exists()

@@ -36,10 +36,14 @@ def add_noise(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.T
     return (1 - t) * x0 + t * noise
 
 
+def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """SD3's time shift: t -> shift t / (1 + (shift - 1) t); shift > 1 moves times towards 1 (more noise)."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
 def sampling_times(steps: int, shift: float = 1.0, device: torch.device | None = None) -> torch.Tensor:
     """Decreasing flow times t_0 = 1 > ... > t_steps = 0 (SD3's shift warps the uniform grid)."""
-    t = torch.linspace(1.0, 0.0, steps + 1, device=device)
-    return shift * t / (1 + (shift - 1) * t)
+    return shift_time(torch.linspace(1.0, 0.0, steps + 1, device=device), shift)
 
 
 @dataclass
@@ -58,8 +62,9 @@ class RectifiedFlow:
             raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {self.attention!r}")
 
     def sample_t(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        """Logit-normal flow times (SD3): sigmoid of a standard normal, favouring the middle."""
-        return torch.sigmoid(torch.randn(shape, device=device))
+        """Logit-normal flow times (SD3): sigmoid of a standard normal, favouring the middle, warped by
+        `train_time_shift` towards the noise levels the sampler visits."""
+        return shift_time(torch.sigmoid(torch.randn(shape, device=device)), self.cfg.train_time_shift)
 
     def loss(
         self,
@@ -67,7 +72,7 @@ class RectifiedFlow:
         latents: torch.Tensor,
         actions: torch.Tensor | None,
         drop_actions: bool = False,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Velocity MSE on the predicted frames 1..F-1 of a window.
 
         latents: (B, F, C, h, w) normalised clean latents; actions: (B, F-1, A) scaled actions, action
@@ -103,4 +108,4 @@ class RectifiedFlow:
         v_pred, _ = net(z, times, seq_actions, frame_pos, mask, action_mask=seq_mask)
         target = noise - latents[:, 1:]
         loss = F.mse_loss(v_pred[:, Fr:].float(), target.float())
-        return loss, {"flow_mse": loss.item()}
+        return loss, {"flow_mse": loss.detach()}  # a tensor: the trainer syncs once per log interval

@@ -106,8 +106,9 @@ class Tokenizer(nn.Module):
         x = self.decoder(self.denormalize(latents.reshape(-1, *latents.shape[-3:])))
         return x.reshape(*lead, *x.shape[1:])
 
-    def loss(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Reconstruction (L1 + MSE) plus a light KL; frames (B, 3, H, W) in [-1, 1]."""
+    def loss(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Reconstruction (L1 + MSE) plus a light KL; frames (B, 3, H, W) in [-1, 1]. The logs are
+        detached 0-d tensors (no host sync per step)."""
         mean, logvar = self.moments(frames)
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
         recon = self.decoder(z)
@@ -116,4 +117,5 @@ class Tokenizer(nn.Module):
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
         loss = l1 + mse + self.cfg.kl_weight * kl
         psnr = 10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10))  # peak-to-peak range 2 in [-1, 1]
-        return loss, {"l1": l1.item(), "mse": mse.item(), "kl": kl.item(), "psnr": psnr.item()}
+        logs = {"l1": l1, "mse": mse, "kl": kl, "psnr": psnr}
+        return loss, {k: v.detach() for k, v in logs.items()}

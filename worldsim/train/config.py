@@ -77,9 +77,10 @@ class TrainerConfig:
     attention: str = "auto"
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     precision: str = "auto"  # bf16 | fp32 | auto (bf16 on CUDA, fp32 on CPU)
-    # Wall-clock budget in minutes (0 = none): after `warmup_iter` steps the measured speed sets how many
-    # steps fit, and the lr decay is re-aimed at that step. For fixed-length leases (a GPU you hold for
-    # 10 minutes); a resumed run gets a fresh budget. Exact resume holds only with 0.
+    # Wall-clock budget in minutes (0 = none): after `warmup_iter` steps the speed measured over the
+    # second half of the warm-up (compilation excluded) sets how many steps fit, and the lr decay is
+    # re-aimed at that step. For fixed-length leases (a GPU you hold for 10 minutes); a resumed run gets a
+    # fresh budget. Exact resume holds only with 0.
     max_minutes: float = 0.0
 
 
@@ -234,6 +235,13 @@ def check_config(cfg: TrainConfig) -> None:
     need(0 <= t.lr_final_ratio <= 1, "trainer.lr_final_ratio", "must be in [0, 1]")
     need(t.weight_decay >= 0, "trainer.weight_decay", "must be >= 0")
     need(t.warmup_iter >= 0, "trainer.warmup_iter", "must be >= 0")
+    need(t.max_minutes >= 0, "trainer.max_minutes", "must be >= 0 (0 = no wall-clock budget)")
+    need(
+        t.max_minutes == 0 or t.warmup_iter >= 2,
+        "trainer.warmup_iter",
+        "must be >= 2 with trainer.max_minutes: the speed that sets the budgeted last step is measured "
+        "over the second half of the warm-up",
+    )
     need(t.clip_grad_norm >= 0, "trainer.clip_grad_norm", "must be >= 0 (0 disables clipping)")
     need(0 <= t.ema_decay < 1, "trainer.ema_decay", "must be in [0, 1)")
     need(t.log_every > 0, "trainer.log_every", "must be > 0")

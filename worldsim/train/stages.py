@@ -49,7 +49,7 @@ class StageModule(nn.Module):
 
     def forward(
         self, video: torch.Tensor, action: torch.Tensor, reconstruct: bool = False
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """video: uint8 (B, F, 3, H, W); action: (B, F-1, 7) scaled model actions.
 
         `reconstruct` (tokenizer stage, validation): the deterministic encode -> decode round trip's
@@ -61,7 +61,7 @@ class StageModule(nn.Module):
 
     def _loss(
         self, video: torch.Tensor, action: torch.Tensor, reconstruct: bool
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         frames = to_model_frames(video)
         if self.stage == "tokenizer":
             frames = frames.flatten(0, 1)  # every frame of the window
@@ -70,7 +70,7 @@ class StageModule(nn.Module):
             tok = self.model.tokenizer
             mse = (tok.decoder(tok.moments(frames)[0]).float() - frames).pow(2).mean()
             psnr = 10 * torch.log10(4.0 / mse.clamp_min(1e-10))  # peak-to-peak range 2 in [-1, 1]
-            return mse, {"recon_mse": mse.item(), "recon_psnr": psnr.item()}
+            return mse, {"recon_mse": mse.detach(), "recon_psnr": psnr.detach()}
         with torch.no_grad():
             latents = self.model.tokenizer.encode(frames).float()  # (B, F, C, h, w)
         drop = self.stage == "video2world"

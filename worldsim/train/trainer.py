@@ -9,7 +9,6 @@ AdamW + LambdaLR + EMA -> resume from the latest complete checkpoint -> loop.
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -53,15 +52,24 @@ def lr_lambda(warmup: int, max_iter: int, final_ratio: float):  # noqa: ANN201 -
     return factor
 
 
-def fit_to_budget(steps: int, seconds: float, max_minutes: float, now: int, last: int, info: DistInfo) -> int:
-    """The last iteration that fits a wall-clock budget, from the speed of the first `steps` steps,
-    keeping 10% for validation and checkpoints.
+def fit_to_budget(
+    steps: int,
+    seconds: float,
+    max_minutes: float,
+    now: int,
+    last: int,
+    info: DistInfo,
+    elapsed: float | None = None,
+) -> int:
+    """The last iteration that fits a wall-clock budget, from the speed of `steps` steps that took
+    `seconds`, with `elapsed` seconds of the budget spent (default `seconds`), keeping 10% for
+    validation and checkpoints.
 
     Every rank must stop at the same step (the last step's logging, validation and save are
     collectives), but each rank measured its own `seconds`: the answer is agreed on with one
     all-reduce (MIN: the slowest rank decides), never computed per rank."""
     rate = steps / max(seconds, 1e-6)
-    remaining = max(0.0, max_minutes * 60 - seconds) * 0.9
+    remaining = max(0.0, max_minutes * 60 - (seconds if elapsed is None else elapsed)) * 0.9
     mine = torch.tensor(
         [max(now + 1, min(last, now + int(rate * remaining)))], dtype=torch.int64, device=info.device
     )
@@ -80,15 +88,16 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), fused=device.type == "cuda")
 
 
-def clip_gradients(params: list[torch.Tensor], max_norm: float) -> float:
-    """Global gradient norm over all ranks' shards; clipped to max_norm when > 0 (torchtitan's recipe)."""
+def clip_gradients(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Global gradient norm over all ranks' shards, a 0-d tensor on the device (reading it is a host
+    sync, so the loop reads it once per log interval); clipped to max_norm when > 0 (torchtitan's recipe)."""
     grads = [p.grad for p in params if p.grad is not None]
     total = torch.nn.utils.get_total_norm(grads)
     if hasattr(total, "full_tensor"):  # a DTensor holding per-rank partial norms
         total = total.full_tensor()
     if max_norm > 0:
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
-    return float(total)
+    return total
 
 
 def build_model(
@@ -181,14 +190,22 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
 
     data = iter(stream)
     bar = tqdm(total=t.max_iter, initial=start, disable=not main, desc=cfg.experiment, dynamic_ncols=True)
+    # Per-step values stay on the device (0-d tensors) and are read once per log interval: a host sync
+    # each step would stall the GPU while the CPU launches the next step.
     window_t0, window_steps, loss_sum, logs_sum = time.perf_counter(), 0, 0.0, {}
+    finite = torch.ones((), dtype=torch.bool, device=device)  # every grad norm since the last check
     run_t0 = time.perf_counter()
     for step in range(start + 1, t.max_iter + 1):
         if step > last_iter:
             break
+        # The speed for a wall-clock budget is measured over the second half of the warm-up: the first
+        # steps include torch.compile's compilation (tens of seconds), which would halve the estimate.
+        if t.max_minutes > 0 and step == start + t.warmup_iter // 2 + 1:
+            rate_t0, rate_from = time.perf_counter(), step - 1
         if t.max_minutes > 0 and step == start + t.warmup_iter + 1:
+            now = time.perf_counter()
             last_iter = fit_to_budget(
-                step - 1 - start, time.perf_counter() - run_t0, t.max_minutes, step - 1, last_iter, info
+                step - 1 - rate_from, now - rate_t0, t.max_minutes, step - 1, last_iter, info, now - run_t0
             )
             bar.total = last_iter
         for micro in range(t.grad_accum):
@@ -196,24 +213,32 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
             root.set_requires_gradient_sync(micro == t.grad_accum - 1)  # reduce-scatter once per step
             loss, logs = root(batch["video"].to(device, non_blocking=True), batch["action"].to(device))
             (loss / t.grad_accum).backward()
-            loss_sum += loss.item() / t.grad_accum
+            loss_sum = loss_sum + loss.detach().float() / t.grad_accum
             for k, v in logs.items():
-                logs_sum[k] = logs_sum.get(k, 0.0) + v / t.grad_accum
+                logs_sum[k] = logs_sum.get(k, 0.0) + v.float() / t.grad_accum
         grad_norm = clip_gradients(params, t.clip_grad_norm)
+        finite &= torch.isfinite(grad_norm)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         ema.update(step)
         window_steps += 1
-        if not math.isfinite(grad_norm):
-            raise FloatingPointError(f"non-finite gradient norm at iteration {step}; lower trainer.lr?")
+        saving = (cfg.checkpoint.save_iter and step % cfg.checkpoint.save_iter == 0) or (
+            step == last_iter and cfg.checkpoint.save_final
+        )
+        logging = step % t.log_every == 0 or step == last_iter
+        if (logging or saving or t.val_every and step % t.val_every == 0) and not bool(finite):
+            # checked before anything is logged, validated or saved from the broken weights
+            raise FloatingPointError(
+                f"non-finite gradient norm at an iteration in ({step - window_steps}, {step}]; lower trainer.lr?"
+            )
 
-        if step % t.log_every == 0 or step == last_iter:
+        if logging:
             dt = time.perf_counter() - window_t0
             keys = sorted(logs_sum)
-            totals = torch.tensor(
-                [loss_sum] + [logs_sum[k] for k in keys], dtype=torch.float64, device=device
+            totals = torch.stack([torch.as_tensor(loss_sum, device=device)] + [logs_sum[k] for k in keys]).to(
+                torch.float64
             )
             dist.all_reduce(totals)
             totals = (totals / (info.world_size * window_steps)).tolist()
@@ -223,7 +248,7 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
                 "loss": totals[0],
                 **dict(zip(keys, totals[1:])),
                 "lr": lr,
-                "grad_norm": grad_norm,
+                "grad_norm": float(grad_norm),  # of this step
                 "it_per_s": window_steps / dt,
                 "frames_per_s": windows * model_cfg.num_frames / dt,
                 "tflops_per_s_per_rank": flops * windows / dt / info.world_size / 1e12,
@@ -252,9 +277,7 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
                 tqdm.write("validation: " + json.dumps({k: round(v, 4) for k, v in record.items()}))
             window_t0 = time.perf_counter()  # validation time is not training throughput
 
-        if (cfg.checkpoint.save_iter and step % cfg.checkpoint.save_iter == 0) or (
-            step == last_iter and cfg.checkpoint.save_final
-        ):
+        if saving:
             trainer_state = {
                 "iteration": step,
                 "epoch": stream.position.epoch,

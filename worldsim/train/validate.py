@@ -35,8 +35,8 @@ def validation_loss(
         for batch in batches:
             reconstruct = root.stage == "tokenizer"
             loss, logs = root(batch["video"].to(device), batch["action"].to(device), reconstruct=reconstruct)
-            for k, v in {"loss": loss.item(), **logs}.items():
-                totals[k] = totals.get(k, 0.0) + v / len(batches)
+            for k, v in {"loss": loss, **logs}.items():
+                totals[k] = totals.get(k, 0.0) + float(v) / len(batches)
     root.train()
     keys = sorted(totals)
     t = torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=device)
