@@ -10,7 +10,10 @@ For each number of worlds N it times, as medians of `--repeats` (ms):
 - judge: success flags of N estimated scenes with random instructions: one world at a time through the
   SimView protocol (`worldsim.eval.success.judge`, the per-world path `SuccessModel.judge` took
   before), against `SuccessModel.judge` (instruction strings) and `SuccessModel.judge_tasks` (parsed
-  codes: what the env calls every step). The three must give the same flags.
+  codes: what the env calls every step). The three must give the same flags;
+- success model (CUDA only): the state estimate of N frames, eager fp32 in one batch (the path for
+  N > 64 before) against `SuccessModel.estimate` (CUDA graphs of at most 64 frames), and the largest
+  difference between the two.
 It prints old / new ratios and writes JSON to `--out`.
 """
 
@@ -134,6 +137,15 @@ def time_point(
     }
     row["noise_ratio"] = row["noise_per_world_generators_ms"] / row["noise_world_noise_ms"]
     row["judge_ratio"] = row["judge_per_world_ms"] / row["judge_codes_ms"]
+    if device.type == "cuda":
+        frames = torch.randint(0, 256, (n, success.cfg.height, success.cfg.width, 3), dtype=torch.uint8)
+        frames = frames.to(device)
+        with torch.inference_mode():
+            difference = (success._forward(frames) - success._run(frames)).abs().max()
+            row["estimate_eager_ms"] = median_ms(lambda: success._forward(frames), args.repeats, device)
+            row["estimate_graphed_ms"] = median_ms(lambda: success._run(frames), args.repeats, device)
+        row["estimate_max_difference"] = float(difference)
+        row["estimate_ratio"] = row["estimate_eager_ms"] / row["estimate_graphed_ms"]
     return row
 
 
@@ -142,7 +154,7 @@ def main(args: Args) -> dict:
     device = best_device(args.device)
     cfg = get_preset(args.preset)
     latent = (cfg.latent_channels, cfg.latent_height, cfg.latent_width)
-    success = SuccessModel(StateNet(SuccessConfig()))
+    success = SuccessModel(StateNet(SuccessConfig()), device)  # random weights, the shipped model's size
     rng = np.random.default_rng(0)
     rows = []
     print(f"{'N':>5} {'noise old':>10} {'noise new':>10} {'ratio':>6} | {'judge per world':>15} "
@@ -156,6 +168,13 @@ def main(args: Args) -> dict:
             f"{row['judge_codes_ms']:>8.3f} {row['judge_ratio']:>6.1f}",
             flush=True,
         )
+        if "estimate_eager_ms" in row:
+            print(
+                f"{'':>5} success model: eager {row['estimate_eager_ms']:.3f} ms, graphed chunks "
+                f"{row['estimate_graphed_ms']:.3f} ms ({row['estimate_ratio']:.1f}x), max difference "
+                f"{row['estimate_max_difference']:.2e}",
+                flush=True,
+            )
     result = {
         "benchmark": "host_overhead",
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()},

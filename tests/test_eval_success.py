@@ -3,8 +3,11 @@ learns block and bowl positions from frames, and it round-trips through safetens
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
+import torch
 
 from worldsim.eval.success import (
     EstimatedScene,
@@ -143,6 +146,23 @@ def test_instruction_codes_and_bad_judge_input_get_clear_errors():
     other = SceneEstimate(now.positions, now.grasp, CFG.colours[::-1])
     with pytest.raises(ValueError, match="keypoints"):
         model.judge_tasks(other, start, np.zeros(3, int), np.zeros(3, int))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_runs_a_large_batch_as_graphed_chunks_of_the_fp32_model():
+    cfg = SuccessConfig(height=48, width=64, input_pool=1, channels=(16, 16, 32, 32), hidden=32)
+    torch.manual_seed(0)
+    net = StateNet(cfg)
+    frames = np.random.default_rng(0).integers(0, 256, (150, 48, 64, 3), dtype=np.uint8)
+    gpu = SuccessModel(copy.deepcopy(net), "cuda")
+    batch = gpu.estimate(frames)
+    assert sorted(gpu._graphs) == [22, 64]  # 150 = 64 + 64 + 22
+    chunks = [gpu.estimate(frames[i : i + 64]) for i in (0, 64, 128)]
+    np.testing.assert_array_equal(batch.positions, np.concatenate([c.positions for c in chunks]))
+    np.testing.assert_array_equal(batch.grasp, np.concatenate([c.grasp for c in chunks]))
+    cpu = SuccessModel(net).estimate(frames)  # fp32 up to cuDNN's TF32 convolutions
+    np.testing.assert_allclose(batch.positions, cpu.positions, atol=2e-3)
+    np.testing.assert_allclose(batch.grasp, cpu.grasp, atol=2e-3)
 
 
 def test_classification_metrics_on_known_predictions():

@@ -219,8 +219,10 @@ def judge(instruction: str, now: EstimatedScene, start: EstimatedScene, cfg: Suc
 class SuccessModel:
     """A trained `StateNet` and its config: uint8 frames in, estimated scenes and task success out."""
 
-    # Batches up to this size run as one CUDA graph per size on CUDA (one launch instead of ~40 small
-    # kernels: 1.7 -> well under 0.5 ms for one frame on an H100); larger ones are compute-bound.
+    # On CUDA, batches run as CUDA graphs of at most this many frames, one graph per size (one launch
+    # instead of ~40 small kernels: 1.7 -> well under 0.5 ms for one frame on an H100); a larger batch
+    # replays them chunk by chunk, in fp32 like a small one (the model was validated in fp32; bf16
+    # estimates would move flags near the task thresholds).
     GRAPH_MAX_BATCH = 64
 
     def __init__(self, net: StateNet, device: str | torch.device = "cpu") -> None:
@@ -249,13 +251,18 @@ class SuccessModel:
 
     def _run(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 (b, H, W, 3) -> (b, K, 4) on the device: normalised position, grasp probability."""
-        b = len(frames)
-        if self.device.type != "cuda" or b > self.GRAPH_MAX_BATCH:
+        if self.device.type != "cuda":
             return self._forward(frames)
         x = torch.as_tensor(frames).to(self.device, non_blocking=True)
+        n = self.GRAPH_MAX_BATCH
+        return torch.cat([self._graphed(x[i : i + n]) for i in range(0, len(x), n)])
+
+    def _graphed(self, x: torch.Tensor) -> torch.Tensor:
+        """`_forward` of b <= GRAPH_MAX_BATCH device frames, replayed from the CUDA graph of size b."""
+        b = len(x)
         if b not in self._graphs:
             self._graphs[b] = GraphedCall(self._forward, [x])
-        return self._graphs[b](x).clone()
+        return self._graphs[b](x).clone()  # the graph's buffer: the next replay overwrites it
 
     def _forward(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         p, g = self.net(_to_model_frames(frames, self.device, torch.float32))
