@@ -22,6 +22,7 @@ from worldsim.eval.success import (
     SuccessModel,
     load_success_model,
     parse_instruction,
+    task_code,
 )
 from worldsim.models.rollout import Rollout
 from worldsim.models.world_model import WorldModel, best_device, load_shared, resolve_weights
@@ -96,7 +97,10 @@ class _Worlds:
         self.start_frames = WorldModel.start_frames(checkpoint)
         self.success = _success_model(success_model, checkpoint, self.model_size, self.rollout.device)
         self.instructions: list[str | None] = [None] * num_worlds  # the task of each world, if known
-        self.judged = np.zeros(num_worlds, dtype=bool)  # worlds whose instruction the success model reads
+        # each world's instruction as the success model reads it (`task_code`, parsed once per text):
+        # the task's index in its cfg.tasks, -1 where it reads none, and the target block's keypoint
+        self.tasks = np.full(num_worlds, -1, dtype=np.int64)
+        self.keypoints = np.zeros(num_worlds, dtype=np.int64)
         self.start_state: SceneEstimate | None = None  # success model's estimate of each start frame
         self.clip_warn = clip_warn
         self._clip_warned = False
@@ -175,7 +179,9 @@ class _Worlds:
         for i, (image, ee, instruction) in zip(idx, starts):
             self.images[i] = resize_images(image[None], self.size)[0]
             self.xyz[i], self.rotation[i], self.gripper[i] = ee[:3], euler2rotm(ee[3:6]), ee[6]
-            self.instructions[i], self.judged[i] = instruction, self._judgeable(instruction)
+            self.instructions[i] = instruction
+            if self.success is not None:
+                self.tasks[i], self.keypoints[i] = task_code(instruction, self.success.cfg)
         if self.success is not None:
             estimate = self.success.estimate(frames)
             if self.start_state is None:
@@ -187,22 +193,17 @@ class _Worlds:
         self.steps[idx] = 0
         self.started = True
 
-    def _judgeable(self, instruction: str | None) -> bool:
-        """Whether the success model can judge this instruction (a real Bridge text usually is not)."""
-        if instruction is None or self.success is None:
-            return False
-        try:
-            parse_instruction(instruction, self.success.cfg)
-        except ValueError:
-            return False
-        return True
+    @property
+    def judged(self) -> np.ndarray:
+        """(B,) bool: worlds whose instruction the success model reads (a real Bridge text usually is not)."""
+        return self.tasks >= 0
 
     def success_flags(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(is_success (B,), judged (B,)) for the current frames: the success model applied to worlds whose
         instruction it can read (`judged`); None without a success model."""
         if self.success is None:
             return None
-        judged = self.judged.copy()
+        judged = self.judged
         flags = np.zeros(len(judged), dtype=bool)
         idx = np.flatnonzero(judged)
         if len(idx) and self.start_state is not None:
@@ -213,7 +214,8 @@ class _Worlds:
             if stepped.any():
                 moved = self.success.estimate(self.rollout.frames[torch.as_tensor(idx[stepped])])
                 now.positions[stepped], now.grasp[stepped] = moved.positions, moved.grasp
-            flags[idx] = self.success.judge(now, self.start_state[idx], [self.instructions[i] for i in idx])
+            start = self.start_state[idx]
+            flags[idx] = self.success.judge_tasks(now, start, self.tasks[idx], self.keypoints[idx])
         return flags, judged
 
     # ----------------------------------------------------------------------------------- steps

@@ -14,7 +14,8 @@ from gymnasium.utils.env_checker import check_env
 import worldsim  # noqa: F401  (registers BridgeWorld-v0)
 from worldsim.data.actions import integrate_actions
 from worldsim.data.bridge import load_episode
-from worldsim.envs.bridge_world import BridgeWorldEnv, resize_images
+from worldsim.envs.bridge_world import BridgeWorldEnv, BridgeWorldVectorEnv, resize_images
+from worldsim.eval.success import parse_instruction, task_code
 from worldsim.models.world_model import CheckpointError, WorldModel
 from worldsim.sim.spaces import ACTION_HIGH, ACTION_LOW, bridge_action_space, bridge_observation_space
 
@@ -231,6 +232,25 @@ def test_shipped_start_frames_carry_their_instructions(judged_bundle):
         "open the drawer": False,
     }
     env.close()
+
+
+def test_vector_env_judges_each_world_by_its_own_instruction_parsing_each_text_once(judged_bundle):
+    parse_instruction.cache_clear()
+    task_code.cache_clear()
+    envs = BridgeWorldVectorEnv(num_envs=8, checkpoint=judged_bundle, device="cpu")
+    envs.reset(seed=5)  # worlds 0-7 start with each of the three shipped instructions
+    seen = set()
+    for _ in range(4):  # the worlds "in the bowl" succeed at once, so they are reset again and again
+        _, rewards, terminated, _, info = envs.step(np.zeros((8, 7), np.float32))
+        texts = info["instruction"]
+        seen |= set(texts)
+        np.testing.assert_array_equal(info["_is_success"], texts != "open the drawer")
+        in_bowl = texts == "put the red block in the bowl"
+        np.testing.assert_array_equal(info["is_success"], in_bowl)
+        assert not rewards[~in_bowl].any()
+    assert seen == {"put the red block in the bowl", "lift the red block", "open the drawer"}
+    assert parse_instruction.cache_info().misses == 3  # once per text, however many resets
+    envs.close()
 
 
 def test_success_model_choice_and_size_check(judged_bundle, tmp_path):

@@ -3,10 +3,14 @@ learns block and bowl positions from frames, and it round-trips through safetens
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
+import torch
 
 from worldsim.eval.success import (
+    EstimatedScene,
     SceneEstimate,
     StateNet,
     SuccessConfig,
@@ -16,8 +20,10 @@ from worldsim.eval.success import (
     evaluate_success_model,
     load_success_model,
     parse_instruction,
+    task_code,
     train_success_model,
 )
+from worldsim.eval.success import judge as judge_one_world
 
 SMALL = {
     "resolution": (48, 64),
@@ -71,6 +77,92 @@ def test_task_predicates_on_estimated_scenes():
     assert not judge("lift the red block", scene({"red": (0.30, 0.15, 0.10)}), start)  # not held
     with pytest.raises(ValueError, match="one start and one instruction per frame"):
         SuccessModel(StateNet(CFG)).judge(lifted, start, ["lift the red block"] * 2)
+
+
+def random_scenes(n: int, seed: int) -> tuple[SceneEstimate, SceneEstimate, list[str]]:
+    """n random start and current estimates, half of them with the blocks around the bowl, and an
+    instruction of a random task and colour each: every task both succeeds and fails among them."""
+    rng = np.random.default_rng(seed)
+    texts = {
+        "pick_place": "put the {} block in the bowl",
+        "push_left": "push the {} block to the left",
+        "push_right": "push the {} block to the right",
+        "lift": "lift the {} block",
+    }
+    instructions = [
+        texts[t].format(c) for t, c in zip(rng.choice(list(texts), n), rng.choice(CFG.colours, n))
+    ]
+    start = rng.normal([0.35, 0.0, 0.02], [0.05, 0.05, 0.005], (n, K, 3))
+    now = start + rng.normal(0, [0.05, 0.08, 0.04], (n, K, 3))
+    near = rng.random(n) < 0.5
+    now[near, :-1] = start[near, -1:] + rng.normal(0, [0.05, 0.05, 0.03], (int(near.sum()), K - 1, 3))
+    grasp = rng.uniform(0, 1, (2, n, K))
+    return (
+        SceneEstimate(now, grasp[0], CFG.colours),
+        SceneEstimate(start, grasp[1], CFG.colours),
+        instructions,
+    )
+
+
+def test_batched_judge_gives_the_per_world_flags_for_every_task():
+    now, start, instructions = random_scenes(4000, seed=0)
+    model = SuccessModel(StateNet(CFG))
+    batched = model.judge(now, start, instructions)
+    t = CFG.grasp_threshold
+    one_by_one = np.array(
+        [
+            judge_one_world(text, EstimatedScene(now, i, t), EstimatedScene(start, i, t), CFG)
+            for i, text in enumerate(instructions)
+        ]
+    )
+    np.testing.assert_array_equal(batched, one_by_one)
+    tasks = np.array([parse_instruction(text)[0] for text in instructions])
+    for task in CFG.tasks:
+        assert 0 < batched[tasks == task].sum() < (tasks == task).sum(), task  # both outcomes occur
+
+    # Parsed once: task codes; a world coded -1 (no BridgeSim task) is not judged.
+    codes = np.array([task_code(text) for text in instructions])
+    codes[::3] = -1
+    coded = model.judge_tasks(now, start, codes[:, 0], codes[:, 1])
+    np.testing.assert_array_equal(coded, np.where(codes[:, 0] >= 0, one_by_one, False))
+
+
+def test_instruction_codes_and_bad_judge_input_get_clear_errors():
+    assert task_code("push the blue block to the right") == (
+        CFG.tasks.index("push_right"),
+        CFG.colours.index("blue"),
+    )
+    assert task_code("open the drawer") == task_code(None) == (-1, -1)
+    now, start, instructions = random_scenes(3, seed=1)
+    model = SuccessModel(StateNet(CFG))
+    with pytest.raises(ValueError, match="cannot read a BridgeSim task"):
+        model.judge(now, start, [*instructions[:2], "open the drawer"])
+    with pytest.raises(ValueError, match="one start, task and keypoint per frame"):
+        model.judge_tasks(now, start, np.zeros(2, int), np.zeros(3, int))
+    with pytest.raises(ValueError, match="indices into"):
+        model.judge_tasks(now, start, np.array([0, len(CFG.tasks), 0]), np.zeros(3, int))
+    with pytest.raises(ValueError, match="indices into"):
+        model.judge_tasks(now, start, np.zeros(3, int), np.array([0, K - 1, 0]))  # the bowl is no block
+    other = SceneEstimate(now.positions, now.grasp, CFG.colours[::-1])
+    with pytest.raises(ValueError, match="keypoints"):
+        model.judge_tasks(other, start, np.zeros(3, int), np.zeros(3, int))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_runs_a_large_batch_as_graphed_chunks_of_the_fp32_model():
+    cfg = SuccessConfig(height=48, width=64, input_pool=1, channels=(16, 16, 32, 32), hidden=32)
+    torch.manual_seed(0)
+    net = StateNet(cfg)
+    frames = np.random.default_rng(0).integers(0, 256, (150, 48, 64, 3), dtype=np.uint8)
+    gpu = SuccessModel(copy.deepcopy(net), "cuda")
+    batch = gpu.estimate(frames)
+    assert sorted(gpu._graphs) == [22, 64]  # 150 = 64 + 64 + 22
+    chunks = [gpu.estimate(frames[i : i + 64]) for i in (0, 64, 128)]
+    np.testing.assert_array_equal(batch.positions, np.concatenate([c.positions for c in chunks]))
+    np.testing.assert_array_equal(batch.grasp, np.concatenate([c.grasp for c in chunks]))
+    cpu = SuccessModel(net).estimate(frames)  # fp32 up to cuDNN's TF32 convolutions
+    np.testing.assert_allclose(batch.positions, cpu.positions, atol=2e-3)
+    np.testing.assert_allclose(batch.grasp, cpu.grasp, atol=2e-3)
 
 
 def test_classification_metrics_on_known_predictions():

@@ -25,6 +25,7 @@ learned world.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -76,8 +77,11 @@ class SuccessConfig:
         return len(self.colours) + 1
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_instruction(text: str, cfg: SuccessConfig = SuccessConfig()) -> tuple[str, str]:
-    """(task, colour) of a BridgeSim instruction, e.g. "push the red block to the left" -> (push_left, red)."""
+    """(task, colour) of a BridgeSim instruction, e.g. "push the red block to the left" -> (push_left, red).
+
+    Cached per (text, cfg): an env's worlds share a few instructions and are reset again and again."""
     words = text.lower().replace(".", " ").split()
     colour = next((c for c in cfg.colours if c in words), None)
     if "bowl" in words:
@@ -91,6 +95,20 @@ def parse_instruction(text: str, cfg: SuccessConfig = SuccessConfig()) -> tuple[
     if task is None or colour is None or task not in cfg.tasks:
         raise ValueError(f"cannot read a BridgeSim task and block colour from the instruction {text!r}")
     return task, colour
+
+
+@functools.lru_cache(maxsize=4096)
+def task_code(text: str | None, cfg: SuccessConfig = SuccessConfig()) -> tuple[int, int]:
+    """(index of the task in cfg.tasks, keypoint of the target block) of an instruction, as
+    `SuccessModel.judge_tasks` reads it; (-1, -1) for None or a text that names no BridgeSim task (a
+    real Bridge instruction, say). Cached, unreadable texts too."""
+    if text is None:
+        return -1, -1
+    try:
+        task, colour = parse_instruction(text, cfg)
+    except ValueError:
+        return -1, -1
+    return cfg.tasks.index(task), cfg.colours.index(colour)
 
 
 class StateNet(nn.Module):
@@ -189,7 +207,8 @@ class EstimatedScene:
 
 
 def judge(instruction: str, now: EstimatedScene, start: EstimatedScene, cfg: SuccessConfig) -> bool:
-    """The instruction's task predicate (worldsim.sim.tasks) on estimated scenes: now vs the start."""
+    """The instruction's task predicate (worldsim.sim.tasks) on one estimated scene: now vs the start,
+    through the `SimView` a task reads in BridgeSim. `SuccessModel.judge` does a batch at once."""
     task_name, colour = parse_instruction(instruction, cfg)
     task = make_task(task_name)
     task.target, task.colour = colour, colour
@@ -200,8 +219,10 @@ def judge(instruction: str, now: EstimatedScene, start: EstimatedScene, cfg: Suc
 class SuccessModel:
     """A trained `StateNet` and its config: uint8 frames in, estimated scenes and task success out."""
 
-    # Batches up to this size run as one CUDA graph per size on CUDA (one launch instead of ~40 small
-    # kernels: 1.7 -> well under 0.5 ms for one frame on an H100); larger ones are compute-bound.
+    # On CUDA, batches run as CUDA graphs of at most this many frames, one graph per size (one launch
+    # instead of ~40 small kernels: 1.7 -> well under 0.5 ms for one frame on an H100); a larger batch
+    # replays them chunk by chunk, in fp32 like a small one (the model was validated in fp32; bf16
+    # estimates would move flags near the task thresholds).
     GRAPH_MAX_BATCH = 64
 
     def __init__(self, net: StateNet, device: str | torch.device = "cpu") -> None:
@@ -230,33 +251,74 @@ class SuccessModel:
 
     def _run(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 (b, H, W, 3) -> (b, K, 4) on the device: normalised position, grasp probability."""
-        b = len(frames)
-        if self.device.type != "cuda" or b > self.GRAPH_MAX_BATCH:
+        if self.device.type != "cuda":
             return self._forward(frames)
         x = torch.as_tensor(frames).to(self.device, non_blocking=True)
+        n = self.GRAPH_MAX_BATCH
+        return torch.cat([self._graphed(x[i : i + n]) for i in range(0, len(x), n)])
+
+    def _graphed(self, x: torch.Tensor) -> torch.Tensor:
+        """`_forward` of b <= GRAPH_MAX_BATCH device frames, replayed from the CUDA graph of size b."""
+        b = len(x)
         if b not in self._graphs:
             self._graphs[b] = GraphedCall(self._forward, [x])
-        return self._graphs[b](x).clone()
+        return self._graphs[b](x).clone()  # the graph's buffer: the next replay overwrites it
 
     def _forward(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         p, g = self.net(_to_model_frames(frames, self.device, torch.float32))
         return torch.cat([p, torch.sigmoid(g)[..., None]], dim=-1)
 
     def judge(self, now: SceneEstimate, start: SceneEstimate, instructions: Sequence[str]) -> np.ndarray:
-        """(B,) bool: instruction i's task holds in estimate now[i], measured from start[i]."""
+        """(B,) bool: instruction i's task holds in estimate now[i], measured from start[i]. Raises
+        ValueError for an instruction that names no BridgeSim task."""
         if not len(now) == len(start) == len(instructions):
             raise ValueError(
                 f"need one start and one instruction per frame: {len(now)} frames, "
                 f"{len(start)} starts, {len(instructions)} instructions"
             )
-        t = self.cfg.grasp_threshold
-        return np.array(
-            [
-                judge(text, EstimatedScene(now, i, t), EstimatedScene(start, i, t), self.cfg)
-                for i, text in enumerate(instructions)
-            ],
-            dtype=bool,
+        known = {}
+        for text in set(instructions):
+            parse_instruction(text, self.cfg)  # raises for a text that names no BridgeSim task
+            known[text] = task_code(text, self.cfg)
+        codes = np.array([known[text] for text in instructions], dtype=np.int64).reshape(-1, 2)  # (B, 2)
+        return self.judge_tasks(now, start, codes[:, 0], codes[:, 1])
+
+    def judge_tasks(
+        self, now: SceneEstimate, start: SceneEstimate, tasks: np.ndarray, keypoints: np.ndarray
+    ) -> np.ndarray:
+        """`judge` for instructions already parsed by `task_code`: the tasks (B,) (indices into cfg.tasks;
+        a world with -1 is not judged: False) and their target keypoints (B,). Array operations grouped
+        by task, no Python loop over worlds: the same flags as `judge` one world at a time."""
+        tasks, keypoints = np.asarray(tasks), np.asarray(keypoints)
+        B = len(now)
+        if not len(start) == B or tasks.shape != (B,) or keypoints.shape != (B,):
+            raise ValueError(
+                f"need one start, task and keypoint per frame: {B} frames, {len(start)} starts, "
+                f"tasks {tasks.shape}, keypoints {keypoints.shape}"
+            )
+        if tuple(now.colours) != self.cfg.colours or tuple(start.colours) != self.cfg.colours:
+            raise ValueError(f"estimates must have this model's keypoints {self.cfg.colours} (+ bowl)")
+        judged = tasks >= 0
+        bad = (tasks >= len(self.cfg.tasks)) | judged & (
+            (keypoints < 0) | (keypoints >= len(self.cfg.colours))
         )
+        if bad.any():
+            raise ValueError(
+                f"tasks must be -1 or indices into {self.cfg.tasks} and keypoints indices into "
+                f"{self.cfg.colours}; world {int(np.argmax(bad))} has ({tasks[bad][0]}, {keypoints[bad][0]})"
+            )
+        rows = np.arange(B)
+        k = np.where(judged, keypoints, 0)
+        block, block_start = now.positions[rows, k], start.positions[rows, k]  # (B, 3)
+        bowl = now.positions[:, -1]
+        grasped = now.grasp[rows, k] > self.cfg.grasp_threshold
+        flags = np.zeros(B, dtype=bool)
+        for index, name in enumerate(self.cfg.tasks):
+            group = np.flatnonzero(tasks == index)
+            if len(group):
+                task = make_task(name)
+                flags[group] = task.holds(block[group], block_start[group], bowl[group], grasped[group])
+        return flags
 
     def predict(
         self,

@@ -20,6 +20,7 @@ import torch
 from worldsim.data.actions import env_action_to_model
 from worldsim.models.dynamics import rope_tables
 from worldsim.models.flow import add_noise, sampling_times
+from worldsim.models.noise import WorldNoise
 from worldsim.models.world_model import WorldModel
 
 
@@ -48,7 +49,7 @@ class Rollout:
         self.device, self.dtype = p.device, p.dtype
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(0 if seed is None else seed)
-        self.world_generators: list[torch.Generator] | None = None  # per-world streams; see seed_worlds
+        self.world_noise: WorldNoise | None = None  # per-world streams; see seed_worlds
         dyn = model.dynamics
         self.N = cfg.tokens_per_frame
         self.latent_shape = (cfg.latent_channels, cfg.latent_height, cfg.latent_width)
@@ -117,17 +118,18 @@ class Rollout:
     def seed_worlds(self, seeds: Sequence[int], which: np.ndarray | torch.Tensor | None = None) -> None:
         """Give the worlds `which` (default all) their own noise streams, seeded by `seeds`.
 
-        From then on each world draws its noise from its own CPU generator (worlds not seeded yet start
-        from seed 0), so a world's frames do not depend on the batch it is in or on the device: a vector
-        env of N worlds reproduces N single envs.
+        From then on each world draws its noise from its own counter-based stream (worldsim/models/
+        noise.py; worlds not seeded yet start from seed 0), computed for the whole batch at once on the
+        model's device. A world's noise depends on its seed and the draws since alone, not on the batch
+        it is in: a vector env of N worlds reproduces N single envs. Seeds are integers in
+        [-2**63, 2**64).
         """
         idx = self._indices(which)
         if len(seeds) != len(idx):
             raise ValueError(f"seed_worlds: {len(seeds)} seeds for {len(idx)} worlds")
-        if self.world_generators is None:
-            self.world_generators = [torch.Generator().manual_seed(0) for _ in range(self.batch_size)]
-        for i, s in zip(idx.tolist(), seeds):
-            self.world_generators[i].manual_seed(int(s))
+        if self.world_noise is None:
+            self.world_noise = WorldNoise(self.batch_size, self.device)
+        self.world_noise.seed(seeds, idx)
 
     @torch.inference_mode()
     def step(
@@ -144,8 +146,8 @@ class Rollout:
             raise RuntimeError("call reset(frames) before step(actions)")
         a = self._check_actions(actions, env_convention)  # (B, A)
         every = torch.arange(self.batch_size)
-        noise = self._noise((1, *self.latent_shape), every)  # (B, 1, C, h, w)
-        eps = self._noise(self.latent_shape, every) if self.context_noise > 0 else None  # commit noise
+        noise = self._noise((1, *self.latent_shape))  # (B, 1, C, h, w)
+        eps = self._noise(self.latent_shape) if self.context_noise > 0 else None  # commit noise
         if self.cuda_graph is not None and self.use_cache and self.guidance == 1.0:
             all_valid = bool((self.committed >= self.window).all())
             latents, frames = self.cuda_graph.replay(a, noise, eps, all_valid)
@@ -315,14 +317,13 @@ class Rollout:
         """(B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3) on the same device."""
         return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
 
-    def _noise(self, shape: tuple[int, ...], idx: torch.Tensor) -> torch.Tensor:
-        """Standard normal (len(idx), *shape): from the shared generator, or each world's own stream."""
-        if self.world_generators is None:
-            return torch.randn(
-                len(idx), *shape, generator=self.generator, device=self.device, dtype=self.dtype
-            )
-        x = torch.stack([torch.randn(shape, generator=self.world_generators[i]) for i in idx.tolist()])
-        return x.to(device=self.device, dtype=self.dtype)
+    def _noise(self, shape: tuple[int, ...], idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Standard normal (len(idx), *shape) for worlds idx (default all): from the shared generator, or
+        each world's own stream (seed_worlds)."""
+        if self.world_noise is None:
+            b = self.batch_size if idx is None else len(idx)
+            return torch.randn(b, *shape, generator=self.generator, device=self.device, dtype=self.dtype)
+        return self.world_noise.draw(shape, idx, self.dtype)
 
     def _cache_mask(self, idx: torch.Tensor) -> torch.Tensor | None:
         """`slot_mask` of worlds idx, or None when all their slots are valid (a host sync: eager paths)."""

@@ -3,7 +3,9 @@
 Tasks are registered by name in `TASKS`; `sample_task(rng)` draws one. A task is reset once per
 episode against the sim (it picks its target block and remembers initial positions) and is then
 asked `is_success(sim)` after every step. Tasks only read the sim through the small `SimView`
-protocol, so they stay independent of rendering and control.
+protocol, so they stay independent of rendering and control. Each goal is written once, as `holds` on
+arrays of B scenes: `is_success` is `holds` on the one sim, and the success model's judge applies it
+to a whole batch of estimated scenes at once.
 """
 
 from __future__ import annotations
@@ -47,6 +49,21 @@ class Task:
         raise NotImplementedError
 
     def is_success(self, sim: SimView) -> bool:
+        """Whether the goal holds in the sim now (`holds` on this one scene)."""
+        start = self.start.get(self.target, np.full(3, np.nan))  # unknown before reset: no movement
+        holds = self.holds(
+            block=sim.body_pos(self.target)[None],
+            start=start[None],
+            bowl=sim.body_pos("bowl")[None],
+            grasped=np.array([sim.is_grasped(self.target)]),
+        )
+        return bool(holds[0])
+
+    def holds(
+        self, block: np.ndarray, start: np.ndarray, bowl: np.ndarray, grasped: np.ndarray
+    ) -> np.ndarray:
+        """The goal on B scenes at once: the target block's position now (B, 3) and at the start (B, 3),
+        the bowl's position (B, 3) and whether the block is held (B,) bool -> (B,) bool."""
         raise NotImplementedError
 
     def copy(self) -> Task:
@@ -64,12 +81,13 @@ class PickPlace(Task):
     def instruction(self) -> str:
         return f"put the {self.colour} block in the bowl"
 
-    def is_success(self, sim: SimView) -> bool:
-        block, bowl = sim.body_pos(self.target), sim.body_pos("bowl")
-        inside = bool(np.all(np.abs(block[0:2] - bowl[0:2]) < BOWL_INNER_HALF))
+    def holds(
+        self, block: np.ndarray, start: np.ndarray, bowl: np.ndarray, grasped: np.ndarray
+    ) -> np.ndarray:
+        inside = np.all(np.abs(block[:, 0:2] - bowl[:, 0:2]) < BOWL_INNER_HALF, axis=1)
         # Resting on the floor (possibly tilted on another block) and below the rim: it was let go.
-        low = block[2] - bowl[2] < BOWL_FLOOR + BOWL_WALL_HEIGHT + BLOCK_HALF
-        return inside and low and not sim.is_grasped(self.target)
+        low = block[:, 2] - bowl[:, 2] < BOWL_FLOOR + BOWL_WALL_HEIGHT + BLOCK_HALF
+        return inside & low & ~grasped
 
 
 @dataclass
@@ -84,10 +102,12 @@ class Push(Task):
     def instruction(self) -> str:
         return f"push the {self.colour} block to the {'left' if self.direction > 0 else 'right'}"
 
-    def is_success(self, sim: SimView) -> bool:
-        moved = self.direction * (sim.body_pos(self.target)[1] - self.start[self.target][1])
-        on_table = sim.body_pos(self.target)[2] < 2 * BLOCK_HALF
-        return bool(moved > self.threshold and on_table)
+    def holds(
+        self, block: np.ndarray, start: np.ndarray, bowl: np.ndarray, grasped: np.ndarray
+    ) -> np.ndarray:
+        moved = self.direction * (block[:, 1] - start[:, 1])
+        on_table = block[:, 2] < 2 * BLOCK_HALF
+        return (moved > self.threshold) & on_table
 
 
 @dataclass
@@ -101,9 +121,11 @@ class Lift(Task):
     def instruction(self) -> str:
         return f"lift the {self.colour} block"
 
-    def is_success(self, sim: SimView) -> bool:
-        risen = sim.body_pos(self.target)[2] - self.start[self.target][2]
-        return bool(risen > self.threshold and sim.is_grasped(self.target))
+    def holds(
+        self, block: np.ndarray, start: np.ndarray, bowl: np.ndarray, grasped: np.ndarray
+    ) -> np.ndarray:
+        risen = block[:, 2] - start[:, 2]
+        return (risen > self.threshold) & grasped
 
 
 TASKS: dict[str, type[Task] | tuple[type[Task], dict]] = {
