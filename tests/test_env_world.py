@@ -288,3 +288,25 @@ def test_compiled_env_matches_eager_frames_and_stays_deterministic(world_bundle)
     # Fused kernels round differently: at most a few grey levels apart on a few pixels.
     diff = np.abs(first.astype(int) - eager)
     assert diff.max() <= 3 and (diff > 1).mean() < 0.01, (diff.max(), (diff > 1).mean())
+
+
+def test_compiled_vector_env_partial_resets_do_not_recompile(world_bundle):
+    """Autoresets come in every size (1, 2, 3... worlds at once): compiling the dynamics for each one
+    cost ~10 s per new size on an H100. Subsets run eagerly; only full-batch shapes are compiled."""
+    import torch._dynamo.utils as dynamo_utils
+
+    env = BridgeWorldVectorEnv(
+        num_envs=4, checkpoint=world_bundle, device="cpu", dtype="float32", compile=True
+    )
+    actions = np.random.default_rng(2).uniform(ACTION_LOW, ACTION_HIGH, (6, 4, 7)).astype(np.float32)
+    env.reset(seed=0)
+    for a in actions[:2]:
+        env.step(a)  # full-batch step and commit shapes compiled here
+    compiled = dynamo_utils.counters["stats"]["unique_graphs"]
+    rng = np.random.default_rng(0)
+    for size, a in zip((1, 2, 3), actions[2:]):  # the worlds' reset, as the vector env's autoreset runs it
+        env.worlds.reset(
+            np.arange(size), [env.worlds.start(None, rng) for _ in range(size)], list(range(size))
+        )
+        env.step(a)
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == compiled

@@ -287,7 +287,11 @@ class Rollout:
             self.history.append((z, actions[:, None], action_mask[:, None], self.frame_index))
             return
         full = b == self.batch_size  # indexing copies the buffers: only when a subset resets
-        _, kv = self.model.dynamics(
+        # A subset (a vector env's autoreset of 1, 2, 3... worlds) runs eagerly even when the model is
+        # compiled: `forward` bypasses the compiled __call__. Compiling each subset size cost about 10 s
+        # the first time each size came up (an H100, bundled small); the eager pass costs milliseconds.
+        dynamics = self.model.dynamics if full else self.model.dynamics.forward
+        _, kv = dynamics(
             z,
             self._context_t(b),
             actions[:, None],
