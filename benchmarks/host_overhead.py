@@ -11,9 +11,9 @@ For each number of worlds N it times, as medians of `--repeats` (ms):
   SimView protocol (`worldsim.eval.success.judge`, the per-world path `SuccessModel.judge` took
   before), against `SuccessModel.judge` (instruction strings) and `SuccessModel.judge_tasks` (parsed
   codes: what the env calls every step). The three must give the same flags;
-- success model (CUDA only): the state estimate of N frames, eager fp32 in one batch (the path for
-  N > 64 before) against `SuccessModel.estimate` (CUDA graphs of at most 64 frames), and the largest
-  difference between the two.
+- success model (CUDA only): the state estimate of N frames, eager fp32 in one batch against what
+  `SuccessModel.estimate` runs (a CUDA graph padded to a power of two up to 64 frames, eager above),
+  and the largest difference between the two.
 It prints old / new ratios and writes JSON to `--out`.
 """
 
@@ -143,9 +143,9 @@ def time_point(
         with torch.inference_mode():
             difference = (success._forward(frames) - success._run(frames)).abs().max()
             row["estimate_eager_ms"] = median_ms(lambda: success._forward(frames), args.repeats, device)
-            row["estimate_graphed_ms"] = median_ms(lambda: success._run(frames), args.repeats, device)
+            row["estimate_ms"] = median_ms(lambda: success._run(frames), args.repeats, device)
         row["estimate_max_difference"] = float(difference)
-        row["estimate_ratio"] = row["estimate_eager_ms"] / row["estimate_graphed_ms"]
+        row["estimate_ratio"] = row["estimate_eager_ms"] / row["estimate_ms"]
     return row
 
 
@@ -170,8 +170,8 @@ def main(args: Args) -> dict:
         )
         if "estimate_eager_ms" in row:
             print(
-                f"{'':>5} success model: eager {row['estimate_eager_ms']:.3f} ms, graphed chunks "
-                f"{row['estimate_graphed_ms']:.3f} ms ({row['estimate_ratio']:.1f}x), max difference "
+                f"{'':>5} success model: eager {row['estimate_eager_ms']:.3f} ms, estimate (graphed <= 64) "
+                f"{row['estimate_ms']:.3f} ms ({row['estimate_ratio']:.1f}x), max difference "
                 f"{row['estimate_max_difference']:.2e}",
                 flush=True,
             )

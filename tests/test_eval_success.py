@@ -149,20 +149,17 @@ def test_instruction_codes_and_bad_judge_input_get_clear_errors():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-def test_cuda_runs_a_large_batch_as_graphed_chunks_of_the_fp32_model():
+def test_cuda_graphs_small_batches_padded_to_powers_of_two_and_runs_large_ones_eagerly():
     cfg = SuccessConfig(height=48, width=64, input_pool=1, channels=(16, 16, 32, 32), hidden=32)
     torch.manual_seed(0)
     net = StateNet(cfg)
     frames = np.random.default_rng(0).integers(0, 256, (150, 48, 64, 3), dtype=np.uint8)
-    gpu = SuccessModel(copy.deepcopy(net), "cuda")
-    batch = gpu.estimate(frames)
-    assert sorted(gpu._graphs) == [22, 64]  # 150 = 64 + 64 + 22
-    chunks = [gpu.estimate(frames[i : i + 64]) for i in (0, 64, 128)]
-    np.testing.assert_array_equal(batch.positions, np.concatenate([c.positions for c in chunks]))
-    np.testing.assert_array_equal(batch.grasp, np.concatenate([c.grasp for c in chunks]))
-    cpu = SuccessModel(net).estimate(frames)  # fp32 up to cuDNN's TF32 convolutions
-    np.testing.assert_allclose(batch.positions, cpu.positions, atol=2e-3)
-    np.testing.assert_allclose(batch.grasp, cpu.grasp, atol=2e-3)
+    gpu, cpu = SuccessModel(copy.deepcopy(net), "cuda"), SuccessModel(net)
+    for b in (1, 3, 5, 64, 150):  # 3 -> the graph of 4, 5 -> 8; 150 frames run eagerly
+        got, want = gpu.estimate(frames[:b]), cpu.estimate(frames[:b])  # fp32 up to cuDNN's TF32 convolutions
+        np.testing.assert_allclose(got.positions, want.positions, atol=2e-3)
+        np.testing.assert_allclose(got.grasp, want.grasp, atol=2e-3)
+    assert sorted(gpu._graphs) == [1, 4, 8, 64]
 
 
 def test_classification_metrics_on_known_predictions():

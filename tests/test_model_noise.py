@@ -104,3 +104,18 @@ def test_bad_seeds_get_clear_errors():
     for bad in (2**64, -(2**63) - 1, 1.5, "3", True):
         with pytest.raises(ValueError, match="integers in"):
             noise.seed([bad, 0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_draws_replay_a_graph_of_the_same_stream():
+    graphed, eager = WorldNoise(3, "cuda"), WorldNoise(3, "cuda")
+    for noise in (graphed, eager):
+        noise.seed([1, 2, 3])
+    with torch.inference_mode():
+        for shape in ((2, 5), (2, 5), (10,), (2, 5)):
+            assert torch.equal(graphed.draw(shape), eager._draw(shape, None, torch.float32))
+    assert torch.equal(graphed.counters, eager.counters)
+    graphed.seed([7], torch.tensor([1]))
+    eager.seed([7], torch.tensor([1]))
+    with torch.inference_mode():
+        assert torch.equal(graphed.draw((2, 5)), eager._draw((2, 5), None, torch.float32))

@@ -219,10 +219,11 @@ def judge(instruction: str, now: EstimatedScene, start: EstimatedScene, cfg: Suc
 class SuccessModel:
     """A trained `StateNet` and its config: uint8 frames in, estimated scenes and task success out."""
 
-    # On CUDA, batches run as CUDA graphs of at most this many frames, one graph per size (one launch
-    # instead of ~40 small kernels: 1.7 -> well under 0.5 ms for one frame on an H100); a larger batch
-    # replays them chunk by chunk, in fp32 like a small one (the model was validated in fp32; bf16
-    # estimates would move flags near the task thresholds).
+    # On CUDA, batches of up to this many frames run as CUDA graphs (one launch instead of ~40 small
+    # kernels: 1.9 -> 0.25 ms for one frame on an H100), one per power of two (a batch is padded up to
+    # it: autoresets come in every size, and each new size would capture a graph); larger batches are
+    # compute-bound and run eagerly (graphed chunks of 64 measured 0.8-0.9x eager at 256-1024 frames).
+    # fp32 throughout: the model was validated in fp32, and bf16 would move flags near the thresholds.
     GRAPH_MAX_BATCH = 64
 
     def __init__(self, net: StateNet, device: str | torch.device = "cpu") -> None:
@@ -251,18 +252,16 @@ class SuccessModel:
 
     def _run(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 (b, H, W, 3) -> (b, K, 4) on the device: normalised position, grasp probability."""
-        if self.device.type != "cuda":
+        b = len(frames)
+        if self.device.type != "cuda" or b > self.GRAPH_MAX_BATCH:
             return self._forward(frames)
         x = torch.as_tensor(frames).to(self.device, non_blocking=True)
-        n = self.GRAPH_MAX_BATCH
-        return torch.cat([self._graphed(x[i : i + n]) for i in range(0, len(x), n)])
-
-    def _graphed(self, x: torch.Tensor) -> torch.Tensor:
-        """`_forward` of b <= GRAPH_MAX_BATCH device frames, replayed from the CUDA graph of size b."""
-        b = len(x)
-        if b not in self._graphs:
-            self._graphs[b] = GraphedCall(self._forward, [x])
-        return self._graphs[b](x).clone()  # the graph's buffer: the next replay overwrites it
+        size = 1 << (b - 1).bit_length()  # 1, 2, 4, ... GRAPH_MAX_BATCH
+        if size > b:  # pad with copies of the last frame; each frame's estimate is its own
+            x = torch.cat([x, x[-1:].expand(size - b, *x.shape[1:])])
+        if size not in self._graphs:
+            self._graphs[size] = GraphedCall(self._forward, [x])
+        return self._graphs[size](x)[:b].clone()  # the graph's buffer: the next replay overwrites it
 
     def _forward(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         p, g = self.net(_to_model_frames(frames, self.device, torch.float32))

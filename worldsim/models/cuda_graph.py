@@ -34,10 +34,13 @@ class GraphedCall:
         inputs: Sequence[torch.Tensor | None],
         warmup: int = 2,
         pool: Any = None,
+        device: torch.device | None = None,
     ) -> None:
-        """pool: another graph's memory pool (`graph.pool()`) to share, for graphs never run at once."""
+        """pool: another graph's memory pool (`graph.pool()`) to share, for graphs never run at once.
+        device: where fn runs, needed only when no input tensor says (fn reads its own buffers)."""
         self.inputs = [None if x is None else x.clone() for x in inputs]
-        device = next(x.device for x in inputs if x is not None)
+        if device is None:
+            device = next(x.device for x in inputs if x is not None)
         stream = torch.cuda.Stream(device=device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
