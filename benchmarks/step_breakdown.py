@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 from collections.abc import Callable
 
@@ -61,11 +62,13 @@ def wall_ms(fn: Callable[[], object], repeats: int) -> float:
 
 
 @torch.inference_mode()
-def breakdown(model: WorldModel, batch: int, repeats: int, compiled: bool) -> dict:
+def breakdown(
+    model: WorldModel, batch: int, repeats: int, compiled: bool, denoise_steps: int | None = None
+) -> dict:
     cfg, dyn = model.cfg, model.dynamics
     frames = np.random.default_rng(0).integers(0, 256, (batch, cfg.height, cfg.width, 3), dtype=np.uint8)
     actions = np.tile([0.01, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], (batch, 1))
-    r = Rollout(model, batch_size=batch, seed=0)
+    r = Rollout(model, batch_size=batch, seed=0, denoise_steps=denoise_steps)
     r.reset(frames)
     for _ in range(cfg.num_context_frames):  # fill the window: steady state
         r.step(actions)
@@ -78,7 +81,7 @@ def breakdown(model: WorldModel, batch: int, repeats: int, compiled: bool) -> di
     past = list(zip(r.cache_k, r.cache_v))
     rope = r._rope()
     lat = x[:, 0].contiguous()
-    row = {"batch": batch, "compiled": compiled}
+    row = {"batch": batch, "compiled": compiled, "denoise_steps": r.denoise_steps}
     row["pass_ms"] = graph_ms(
         lambda: dyn(x, t, a, None, None, action_mask=ones, past_kv=past, rope=rope), repeats
     )
@@ -172,6 +175,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--env", action="store_true", help="also time a single env's step and its parts")
     parser.add_argument("--decoder-batch", type=int, default=0, help="also study the decoder at this batch")
+    parser.add_argument(
+        "--denoise-steps",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="Euler steps per frame (0: the model's default)",
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch._dynamo.config.recompile_limit = 64  # one compiled graph per batch size and call shape
@@ -182,9 +192,9 @@ def main() -> None:
             model = load_shared(args.checkpoint, "cuda", torch.bfloat16, compile=True)
         else:
             model = WorldModel.from_pretrained(args.checkpoint, device="cuda", dtype=torch.bfloat16)
-        for batch in args.batch_sizes:
+        for batch, steps in itertools.product(args.batch_sizes, args.denoise_steps):
             try:
-                row = breakdown(model, batch, args.repeats, compiled)
+                row = breakdown(model, batch, args.repeats, compiled, steps or None)
             except torch.OutOfMemoryError:
                 gc.collect()
                 torch.cuda.empty_cache()
@@ -195,7 +205,7 @@ def main() -> None:
             row["variant"] = variant
             rows.append(row)
             print(
-                f"{variant:12s} B={batch:5d}  pass {row['pass_ms']:.3f} (masked {row['pass_masked_ms']:.3f})  "
+                f"{variant:12s} B={batch:5d} S={row['denoise_steps']}  pass {row['pass_ms']:.3f} (masked {row['pass_masked_ms']:.3f})  "
                 f"commit {row['commit_ms']:.3f}  decode {row['decode_ms']:.3f}  graph {row['advance_graph_ms']:.3f}  "
                 f"step {row['rollout_step_ms']:.3f} ms = {row['frames_per_s']:.0f} frames/s",
                 flush=True,
