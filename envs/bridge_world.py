@@ -125,7 +125,10 @@ class BridgeWorldEnv(gym.Env):
 
     ## Version History
 
-    - v0: initial release; success model, reward and termination added 2026-11-26.
+    - v0: initial release; success model, reward and termination added 2026-11-26. Also on 2026-11-26
+      (evening): the bundled weights (lease 4) and the per-world noise streams (counter-based, drawn on the
+      model's device) changed, so a seed gives other frames than before that date; still the same
+      frames for the same seed, actions and device.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 5}
