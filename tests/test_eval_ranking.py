@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from worldsim.eval.policy_ranking import ObjectBelief, ranking_correlation, sim_policy_episode
+from worldsim.eval.policy_ranking import ObjectBelief, RankingResult, ranking_correlation, sim_policy_episode
 from worldsim.sim.scene import BLOCK_HALF, BOWL_FLOOR
 from worldsim.sim.tasks import make_task
 
@@ -69,3 +69,14 @@ def test_expert_succeeds_in_bridgesim_through_the_belief():
     episodes = [sim_policy_episode("expert", 2000 + i, 60, (48, 64), (32, 48)) for i in range(2)]
     assert all(e["success"] for e in episodes)
     assert episodes[0]["start"].shape == (32, 48, 3) and episodes[0]["start"].dtype == np.uint8
+
+
+def test_ranking_summary_says_how_the_worlds_disagree():
+    sim = np.array([[1, 1, 0, 0], [0, 0, 0, 0]], dtype=bool)
+    world = np.array([[1, 0, 1, 0], [0, 1, 1, 1]], dtype=bool)
+    summary = RankingResult(["expert", "no_grasp"], sim, world).summary()
+    assert summary["sim_success_rate"] == [0.5, 0.0] and summary["world_success_rate"] == [0.5, 0.75]
+    assert summary["episode_agreement"] == 0.375
+    assert summary["world_only_success_rate"] == [0.25, 0.75]  # successes the learned world invents
+    assert summary["sim_only_success_rate"] == [0.25, 0.0]  # ones it misses
+    assert summary["sim_episodes"] == ["1100", "0000"] and summary["world_episodes"] == ["1010", "0111"]

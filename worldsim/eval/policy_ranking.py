@@ -232,14 +232,24 @@ class RankingResult:
     correlation: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
-        sim_rate, world_rate = self.sim_success.mean(axis=1), self.world_success.mean(axis=1)
+        sim, world = self.sim_success, self.world_success
+
+        def rates(x: np.ndarray) -> list[float]:
+            return [round(float(v), 4) for v in x.mean(axis=1)]
+
         return {
             "policies": self.policies,
-            "episodes_per_policy": int(self.sim_success.shape[1]),
-            "sim_success_rate": [round(float(v), 4) for v in sim_rate],
-            "world_success_rate": [round(float(v), 4) for v in world_rate],
-            # Per-episode agreement of the two worlds' outcomes (same start, same policy seed).
-            "episode_agreement": round(float((self.sim_success == self.world_success).mean()), 4),
+            "episodes_per_policy": int(sim.shape[1]),
+            "sim_success_rate": rates(sim),
+            "world_success_rate": rates(world),
+            # Per-episode agreement of the two worlds' outcomes (same start, same policy seed), and how
+            # they disagree, per policy: successes the learned world invents, and ones it misses.
+            "episode_agreement": round(float((sim == world).mean()), 4),
+            "world_only_success_rate": rates(world & ~sim),
+            "sim_only_success_rate": rates(sim & ~world),
+            # per policy, one character per episode: 1 = success (for analyses after the fact)
+            "sim_episodes": ["".join("1" if v else "0" for v in row) for row in sim],
+            "world_episodes": ["".join("1" if v else "0" for v in row) for row in world],
             **self.correlation,
             "sim_seconds": round(self.sim_seconds, 2),
             "world_seconds": round(self.world_seconds, 2),
