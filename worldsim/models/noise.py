@@ -125,9 +125,8 @@ class WorldNoise:
         """The next draw of standard normals of `shape` for worlds `idx` (default all), as
         (len(idx), *shape) in `dtype`; advances those worlds' counters."""
         if idx is None and self.device.type == "cuda":
-            return self._graphed(
-                tuple(shape), dtype
-            )().clone()  # the graph's buffer: the next replay overwrites it
+            graph = self._graphed(tuple(shape), dtype)
+            return graph().clone()  # the graph's buffer: the next replay overwrites it
         return self._draw(shape, idx, dtype)
 
     def _graphed(self, shape: tuple[int, ...], dtype: torch.dtype) -> GraphedCall:
