@@ -6,7 +6,7 @@
 #
 #   WORK=/root/ws bash scripts/gpu_pipeline.sh            # writes everything under $WORK
 #
-# Environment knobs (minutes and counts): TRAIN_EPISODES VAL_EPISODES GEN_MINUTES TOK_MINUTES
+# Environment knobs (minutes and counts): TRAIN_EPISODES TRAIN_SEED VAL_EPISODES GEN_MINUTES TOK_MINUTES
 # V2W_MINUTES ACT_MINUTES WORKERS ACT_GPUS ACT_BATCH ACT_LR ACT_COMPILE ACTION_INIT SUCCESS_EPISODES
 # SUCCESS_STEPS STOP_AFTER (=cache: only make the data). Logs go to $WORK/logs/*.log; progress lines to stdout.
 set -euo pipefail
@@ -17,6 +17,7 @@ export WORLDSIM_OUTPUT_ROOT=$WORK/output
 export MUJOCO_GL=${MUJOCO_GL:-egl}
 export PYTHONUNBUFFERED=1
 TRAIN_EPISODES=${TRAIN_EPISODES:-3000}
+TRAIN_SEED=${TRAIN_SEED:-0}  # episode seeds depend on (seed, split, index): another seed is new data
 VAL_EPISODES=${VAL_EPISODES:-100}
 GEN_MINUTES=${GEN_MINUTES:-5}
 TOK_MINUTES=${TOK_MINUTES:-4}
@@ -57,7 +58,7 @@ GEN_PID=""
 if ! done_stage gen_train; then
   say "generating up to $TRAIN_EPISODES train episodes for at most $GEN_MINUTES min (background)"
   (timeout "$((GEN_MINUTES * 60))" python -m worldsim.sim.generate --out "$DATA" --episodes "$TRAIN_EPISODES" \
-     --split train --seed 0 --workers "$WORKERS" --resolution "$RES" > "$WORK/logs/gen_train.log" 2>&1 || true
+     --split train --seed "$TRAIN_SEED" --workers "$WORKERS" --resolution "$RES" > "$WORK/logs/gen_train.log" 2>&1 || true
    touch "$WORK/logs/gen_train.done") &
   GEN_PID=$!
   while [ -z "$ACTION_INIT" ] && [ "$(ls "$DATA/annotation/train" 2>/dev/null | grep -c '\.json$')" -lt "$MIN_EPISODES" ]; do sleep 5; done
