@@ -97,3 +97,32 @@ def test_json_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         generate._write_json({"texts": ["x"]}, path)
     assert list(path.parent.iterdir()) == []  # neither the JSON nor its temporary file remains
+
+
+def test_a_rerun_keeps_what_it_wrote_and_never_overwrites_another_runs_episodes(dataset, tmp_path, capsys):
+    """An interrupted run, rerun (here: asked for one more episode), makes only the missing episodes,
+    and the result is byte-identical to one uninterrupted run; an episode file of another run in the
+    way is an error naming it, left as it was."""
+    out = tmp_path / "resumed"
+    generate.main(["--out", str(out), *ARGS])
+    first = (out / "annotation" / "val" / "0.json").stat().st_mtime_ns
+    more = [*ARGS[:1], "3", *ARGS[2:]]  # --episodes 3
+    generate.main(["--out", str(out), *more])
+    assert "wrote 1 episodes" in capsys.readouterr().out
+    assert (out / "annotation" / "val" / "0.json").stat().st_mtime_ns == first  # kept, not rewritten
+    fresh = tmp_path / "fresh"
+    generate.main(["--out", str(fresh), *more])
+    for i in range(3):
+        name = f"annotation/val/{i}.json"
+        assert (out / name).read_bytes() == (fresh / name).read_bytes(), name
+    before = (out / "annotation" / "val" / "0.json").read_bytes()
+    for other in (["--max-steps", "11"], ["--seed", "4"], ["--resolution", "48,64"]):
+        args = list(more)
+        k = args.index(other[0])
+        args[k + 1] = other[1]
+        with pytest.raises(SystemExit, match=r"0\.json: written by another run"):
+            generate.main(["--out", str(out), *args])
+    (out / "annotation" / "val" / "1.json").write_text("{not json")
+    with pytest.raises(SystemExit, match=r"1\.json: cannot read it"):
+        generate.main(["--out", str(out), *more])
+    assert (out / "annotation" / "val" / "0.json").read_bytes() == before

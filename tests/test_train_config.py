@@ -29,7 +29,9 @@ def error_of(argv: list[str], capsys) -> str:
 
 def test_every_experiment_builds_and_the_cosmos_keys_override():
     for name in EXPERIMENTS:
-        cfg = load_config([f"experiment={name}", "dataset.root=/data"])
+        # the decoder stage sharpens a trained model's decoder: it needs that model
+        extra = ["load_path=/ckpt"] if EXPERIMENTS[name].stage == "decoder" else []
+        cfg = load_config([f"experiment={name}", "dataset.root=/data", *extra])
         assert cfg.experiment == name and cfg.job.name == name
         cfg.model.build()
     cfg = load_config(["experiment=bridge_small_action", "dataset.root=/data", "trainer.max_iter=7",
@@ -63,6 +65,7 @@ def test_lr_schedule_warms_up_then_decays_linearly():
         (["dataset.root=/d", "model.overrides.depht=4"], "model.overrides.depht"),
         (["trainer.max_iter=5"], "dataset.root"),
         (["dataset.root=/d", "trainer.max_minutes=5", "trainer.warmup_iter=1"], "trainer.warmup_iter=1"),
+        (["experiment=bridge_small_decoder", "dataset.root=/d"], "load_path=''"),
     ],
 )
 def test_bad_config_is_a_clear_error_naming_the_key(argv, expected, capsys):

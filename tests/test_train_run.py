@@ -131,6 +131,29 @@ def test_action_stage_starts_from_tokenizer_checkpoint(data, out, tmp_path):
     )
 
 
+def test_decoder_stage_trains_the_decoder_alone(reference, out, data, tmp_path):
+    """stage=decoder from a trained model: its reconstruction loss falls, and nothing but the decoder
+    moves (the encoder's latents, which the dynamics was trained on, stay exactly as they were)."""
+    run(python_cmd("experiment=bridge_tiny_tokenizer", "stage=decoder", f"dataset.root={data}", "job.name=dec",
+                   f"load_path={reference / 'checkpoints'}", "trainer.max_iter=24", "trainer.log_every=4",
+                   "trainer.val_every=24", "trainer.val_rollout_steps=2"), train_env(out))  # fmt: skip
+    logs = metrics(job_dir(out, "dec"))
+    losses = [m["loss"] for m in logs if "loss" in m and "val_loss" not in m]
+    assert losses[-1] < 0.7 * losses[0], losses
+    val = [m for m in logs if "val_recon_psnr" in m]
+    assert val and "val_rollout_psnr" in val[-1]  # the rollout decodes through the new decoder
+    before = load_dcp(reference / "checkpoints" / "iter_000000030" / "model", tmp_path)
+    after = load_dcp(job_dir(out, "dec") / "checkpoints" / "iter_000000024" / "model", tmp_path)
+    weights = [k.removeprefix("model.") for k in after if k.startswith("model.")]
+    decoder = [k for k in weights if k.startswith("tokenizer.decoder.")]
+    assert decoder and len(decoder) < len(weights)
+    for k in weights:
+        if k in decoder:
+            continue
+        assert torch.equal(after["model." + k], before["ema." + k if "ema." + k in before else "model." + k]), k
+    assert any(not torch.equal(after["model." + k], before["ema." + k]) for k in decoder)
+
+
 def test_convert_writes_weight_files_and_a_bundle_equal_to_the_ema(reference, data, tmp_path):
     import numpy as np
 

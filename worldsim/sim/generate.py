@@ -11,7 +11,10 @@ writes, per episode `<id>`:
 The JSON `action` is computed from the *recorded* states with `relative_pose_actions`, as in the real
 release, with column 6 the commanded gripper (1 = open). Episode i's seed derives from (seed, split, i)
 only, so the output does not depend on --workers. The video is written first and the JSON last, each
-to a temporary file renamed into place, so an interrupted run never shows a half-written episode.
+to a temporary file renamed into place, so an interrupted run never shows a half-written episode; run
+again, the same command keeps the episodes already written and makes the rest (a JSON records the run
+settings that shape its episode, `generator`; an episode file of another run is an error, never
+overwritten).
 """
 
 from __future__ import annotations
@@ -49,6 +52,15 @@ class GenConfig:
     max_steps: int = 60  # actions per episode at most (T <= max_steps + 1 frames)
     policies: tuple[str, ...] = tuple(POLICIES)  # drawn uniformly per episode
     tasks: tuple[str, ...] = tuple(TASKS)  # drawn uniformly per episode
+
+    def settings(self) -> dict:
+        """What shapes an episode besides its seed: stored in its JSON, compared when a run resumes."""
+        return {
+            "resolution": list(self.resolution),
+            "max_steps": self.max_steps,
+            "policies": list(self.policies),
+            "tasks": list(self.tasks),
+        }
 
 
 @dataclass
@@ -96,8 +108,11 @@ def run_episode(
     )
 
 
-def annotation(episode: Episode, split: str, episode_id: int, seed: int) -> dict:
-    """The Bridge/IRASim annotation JSON for an episode (plus BridgeSim's task/policy/success/seed)."""
+def annotation(
+    episode: Episode, split: str, episode_id: int, seed: int, settings: dict | None = None
+) -> dict:
+    """The Bridge/IRASim annotation JSON for an episode (plus BridgeSim's task/policy/success/seed, and
+    the run `settings` that made it)."""
     pose = relative_pose_actions(episode.states)  # from recorded states, like the real release
     action = np.concatenate([pose, episode.gripper_commands[:, None]], axis=1)
     return {
@@ -111,6 +126,7 @@ def annotation(episode: Episode, split: str, episode_id: int, seed: int) -> dict
         "policy": episode.policy,
         "success": bool(episode.success),
         "seed": seed,
+        **({"generator": settings} if settings is not None else {}),
     }
 
 
@@ -143,7 +159,11 @@ def generate_one(config: GenConfig, index: int) -> bool:
     seed = episode_seed(config.seed, config.split, index)
     episode = run_episode(_SIM, seed, config.tasks, config.policies, config.max_steps)
     write_episode(
-        config.out, config.split, index, episode.frames, annotation(episode, config.split, index, seed)
+        config.out,
+        config.split,
+        index,
+        episode.frames,
+        annotation(episode, config.split, index, seed, config.settings()),
     )
     return episode.success
 
@@ -152,22 +172,54 @@ def _generate_star(args: tuple[GenConfig, int]) -> bool:
     return generate_one(*args)
 
 
+class EpisodeConflict(ValueError):
+    """An episode file in the way was not written by this run (or cannot be read)."""
+
+
+def written_success(config: GenConfig, index: int) -> bool | None:
+    """Whether episode `index` succeeded, if this run wrote it already (same seed and settings); None if
+    it is not there. An episode of another run in its place raises `EpisodeConflict`: it is never
+    overwritten."""
+    path = config.out / "annotation" / config.split / f"{index}.json"
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise EpisodeConflict(f"{path}: cannot read it ({e}); remove it to regenerate it") from e
+    seed = episode_seed(config.seed, config.split, index)
+    theirs = (data.get("seed"), data.get("generator")) if isinstance(data, dict) else (None, None)
+    if theirs != (seed, config.settings()):
+        raise EpisodeConflict(
+            f"{path}: written by another run (seed {theirs[0]}, settings {theirs[1]}); this run's episode "
+            f"{index} has seed {seed}, settings {config.settings()}. Choose another --out, or remove it"
+        )
+    return bool(data.get("success"))
+
+
 def generate(config: GenConfig, episodes: int, workers: int = 1, progress: bool = True) -> list[bool]:
-    """Write `episodes` episodes with `workers` processes (spawn: each builds its own renderer)."""
-    jobs = [(config, i) for i in range(episodes)]
-    bar = tqdm(total=episodes, desc=f"worldsim-gen {config.split}", unit="ep", disable=not progress)
-    results: list[bool] = []
+    """Write `episodes` episodes with `workers` processes (spawn: each builds its own renderer), keeping
+    those an earlier run of the same command wrote already."""
+    results: list[bool | None] = [written_success(config, i) for i in range(episodes)]
+    jobs = [(config, i) for i, ok in enumerate(results) if ok is None]
+    kept = episodes - len(jobs)
+    bar = tqdm(
+        total=episodes, initial=kept, desc=f"worldsim-gen {config.split}", unit="ep", disable=not progress
+    )
+    if kept and progress:
+        tqdm.write(f"worldsim-gen: keeping {kept} episodes already written by this run")
     if workers <= 1:
-        for job in jobs:
-            results.append(_generate_star(job))
+        made = (_generate_star(job) for job in jobs)
+        for (_, i), ok in zip(jobs, made):
+            results[i] = ok
             bar.update()
-    else:
+    elif jobs:
         with mp.get_context("spawn").Pool(workers) as pool:
-            for ok in pool.imap(_generate_star, jobs):
-                results.append(ok)
+            for (_, i), ok in zip(jobs, pool.imap(_generate_star, jobs)):
+                results[i] = ok
                 bar.update()
     bar.close()
-    return results
+    return [bool(ok) for ok in results]
 
 
 def _names(text: str, known: dict, kind: str) -> tuple[str, ...]:
@@ -201,12 +253,18 @@ def main(argv: list[str] | None = None) -> None:
         policies=_names(args.policies, POLICIES, "policies"),
         tasks=_names(args.tasks, TASKS, "tasks"),
     )
+    folder = args.out / "annotation" / args.split
+    kept = sum((folder / f"{i}.json").exists() for i in range(args.episodes))
     start = time.perf_counter()
-    results = generate(config, args.episodes, workers=args.workers)
-    elapsed = time.perf_counter() - start
+    try:
+        results = generate(config, args.episodes, workers=args.workers)
+    except EpisodeConflict as e:
+        raise SystemExit(f"worldsim-gen: {e}") from None
+    elapsed, made = time.perf_counter() - start, len(results) - kept
     print(
-        f"wrote {len(results)} episodes to {args.out} ({args.split}) in {elapsed:.1f} s: "
-        f"{len(results) / elapsed:.2f} episodes/s, success rate {np.mean(results) if results else 0:.2f}"
+        f"wrote {made} episodes to {args.out} ({args.split}) in {elapsed:.1f} s: "
+        f"{made / elapsed:.2f} episodes/s" + (f" ({kept} kept from an earlier run)" if kept else "")
+        + f", success rate {np.mean(results) if results else 0:.2f}"
     )
 
 

@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from worldsim.models.config import PRESETS, WorldModelConfig, get_preset
 from worldsim.models.flow import ATTENTION_BACKENDS
 
-STAGES = ("tokenizer", "video2world", "action")
+STAGES = ("tokenizer", "decoder", "video2world", "action")
 PRECISIONS = ("auto", "bf16", "fp32")
 ATTENTIONS = ("auto", *ATTENTION_BACKENDS)  # auto: flex on CUDA, sdpa elsewhere
 POST_TRAINING_LR = 2**-14.5  # Cosmos-Predict2.5 action post-training learning rate
@@ -111,7 +111,7 @@ class TrainConfig:
     """One training run."""
 
     experiment: str = "bridge_tiny"
-    stage: str = "action"  # tokenizer | video2world | action
+    stage: str = "action"  # tokenizer | decoder | video2world | action
     load_path: str = ""  # initial model weights (DCP checkpoint, .pt or .safetensors); "" = none
     load_ema: bool = True  # take the EMA weights from a DCP / converted load_path when it has them
     job: JobConfig = field(default_factory=JobConfig)
@@ -159,6 +159,14 @@ EXPERIMENTS: dict[str, TrainConfig] = {
             "tokenizer",
             "small",
             trainer=dict(max_iter=20_000, batch_size=8, lr=2e-4, warmup_iter=500, weight_decay=0.0),
+        ),
+        # Sharpen a trained model's decoder (encoder frozen: its latents, which the dynamics was trained
+        # on, stay as they are); `load_path` names the model.
+        _experiment(
+            "bridge_small_decoder",
+            "decoder",
+            "small",
+            trainer=dict(max_iter=20_000, batch_size=4, lr=1e-4, warmup_iter=200, weight_decay=0.0),
         ),
         _experiment(
             "bridge_small_video2world",
@@ -225,6 +233,11 @@ def check_config(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key}={_get(cfg, key)!r}: {msg}")
 
     need(cfg.stage in STAGES, "stage", f"must be one of {list(STAGES)}")
+    need(
+        cfg.stage != "decoder" or bool(cfg.load_path),
+        "load_path",
+        "required for stage=decoder: it fine-tunes the decoder of a trained model (a DCP checkpoint or bundle)",
+    )
     need(
         bool(cfg.dataset.root), "dataset.root", "required: a Bridge-format dataset folder (dataset.root=DIR)"
     )

@@ -64,9 +64,11 @@ def train_flops_per_window(cfg: WorldModelConfig, stage: str) -> float:
         Fr = cfg.num_frames
         frames = torch.zeros(Fr, 3, cfg.height, cfg.width)
         encode = _count(lambda: model.tokenizer.moments(frames))
-        if stage == "tokenizer":
+        if stage in ("tokenizer", "decoder"):
             latents = torch.zeros(Fr, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
-            return 3.0 * (encode + _count(lambda: model.tokenizer.decoder(latents)))
+            decode = _count(lambda: model.tokenizer.decoder(latents))
+            # A frozen encoder only runs forward (no backward passes through it).
+            return 3.0 * (encode + decode) if stage == "tokenizer" else encode + 3.0 * decode
         L = training_sequence_frames(Fr)
         z = torch.zeros(1, L, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
         t = torch.zeros(1, L)

@@ -1,6 +1,8 @@
 """The three training stages as one module whose forward is the loss — the FSDP2 root.
 
 - tokenizer: reconstruction + KL of every frame of the window (the dynamics is frozen and unused);
+- decoder: the same loss with the encoder frozen too: a trained model's decoder is sharpened while the
+  latents its dynamics was trained on stay exactly as they are;
 - video2world: rectified-flow loss on the frozen tokenizer's latents, actions dropped (pre-training);
 - action: the same loss conditioned on the actions (the flow drops a sample's actions with
   probability `action_dropout` itself, for an unconditional branch).
@@ -21,9 +23,14 @@ def to_model_frames(video: torch.Tensor, dtype: torch.dtype = torch.float32) -> 
     return video.to(dtype) / 127.5 - 1.0
 
 
+RECONSTRUCTION_STAGES = ("tokenizer", "decoder")  # the stages whose loss is the tokenizer's
+
+
 def trainable_part(model: WorldModel, stage: str) -> nn.Module:
     """The submodule a stage trains; everything else is frozen."""
-    return model.tokenizer if stage == "tokenizer" else model.dynamics
+    if stage == "tokenizer":
+        return model.tokenizer
+    return model.tokenizer.decoder if stage == "decoder" else model.dynamics
 
 
 class StageModule(nn.Module):
@@ -63,7 +70,7 @@ class StageModule(nn.Module):
         self, video: torch.Tensor, action: torch.Tensor, reconstruct: bool
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         frames = to_model_frames(video)
-        if self.stage == "tokenizer":
+        if self.stage in RECONSTRUCTION_STAGES:
             frames = frames.flatten(0, 1)  # every frame of the window
             if not reconstruct:
                 return self.model.tokenizer.loss(frames)

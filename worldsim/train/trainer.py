@@ -36,7 +36,13 @@ from worldsim.train.parallelize import (
     parallelize,
     resolve_precision,
 )
-from worldsim.train.stages import StageModule, latent_stats_are_default, resolve_attention, set_latent_stats
+from worldsim.train.stages import (
+    RECONSTRUCTION_STAGES,
+    StageModule,
+    latent_stats_are_default,
+    resolve_attention,
+    set_latent_stats,
+)
 from worldsim.train.validate import gather_ema_model, validation_loss, validation_rollout
 
 
@@ -254,7 +260,7 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
                 "tflops_per_s_per_rank": flops * windows / dt / info.world_size / 1e12,
                 "mfu": (flops * windows / dt / (peak * info.world_size)) if peak else "n/a",
             }
-            if cfg.stage != "tokenizer":  # dynamics tokens (both streams) through the transformer
+            if cfg.stage not in RECONSTRUCTION_STAGES:  # dynamics tokens (both streams) through the transformer
                 record["tokens_per_s"] = (
                     windows * training_sequence_frames(model_cfg.num_frames) * model_cfg.tokens_per_frame / dt
                 )
@@ -267,6 +273,7 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
 
         if t.val_every and (step % t.val_every == 0 or step == last_iter):
             record = {"iter": step, **validation_loss(root, fixed_val, device, t.seed)}
+            # The decoder stage rolls out too: its decoder is what turns the dynamics' latents into frames.
             if cfg.stage != "tokenizer" and t.val_rollout_steps > 0:
                 eval_model = gather_ema_model(ema, model, eval_model, main)
                 if main and eval_model is not None:

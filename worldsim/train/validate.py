@@ -20,7 +20,7 @@ from worldsim.data.video import write_video
 from worldsim.eval.metrics import frame_psnr
 from worldsim.models.world_model import WorldModel
 from worldsim.train.ema import EMA
-from worldsim.train.stages import StageModule
+from worldsim.train.stages import RECONSTRUCTION_STAGES, StageModule
 
 
 @torch.no_grad()
@@ -33,7 +33,7 @@ def validation_loss(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for batch in batches:
-            reconstruct = root.stage == "tokenizer"
+            reconstruct = root.stage in RECONSTRUCTION_STAGES
             loss, logs = root(batch["video"].to(device), batch["action"].to(device), reconstruct=reconstruct)
             for k, v in {"loss": loss, **logs}.items():
                 totals[k] = totals.get(k, 0.0) + float(v) / len(batches)
