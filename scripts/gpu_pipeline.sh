@@ -7,7 +7,7 @@
 #   WORK=/root/ws bash scripts/gpu_pipeline.sh            # writes everything under $WORK
 #
 # Environment knobs (minutes and counts): TRAIN_EPISODES TRAIN_SEED VAL_EPISODES GEN_MINUTES TOK_MINUTES
-# V2W_MINUTES ACT_MINUTES WORKERS ACT_GPUS ACT_BATCH ACT_LR ACT_COMPILE ACTION_INIT SUCCESS_EPISODES
+# V2W_MINUTES ACT_MINUTES DEC_MINUTES WORKERS ACT_GPUS ACT_BATCH ACT_LR ACT_COMPILE ACTION_INIT SUCCESS_EPISODES
 # SUCCESS_STEPS STOP_AFTER (=cache: only make the data). Logs go to $WORK/logs/*.log; progress lines to stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +23,7 @@ GEN_MINUTES=${GEN_MINUTES:-5}
 TOK_MINUTES=${TOK_MINUTES:-4}
 V2W_MINUTES=${V2W_MINUTES:-2}
 ACT_MINUTES=${ACT_MINUTES:-9}
+DEC_MINUTES=${DEC_MINUTES:-0}  # then sharpen the decoder (encoder and dynamics frozen); 0 = skip
 WORKERS=${WORKERS:-$(($(nproc) - 1))}
 RES=${RES:-256,320}
 MIN_EPISODES=${MIN_EPISODES:-200}  # train episodes written before the tokenizer starts
@@ -108,12 +109,25 @@ if ! done_stage action; then
   touch "$WORK/logs/action.done"
 fi
 
-# 5. Convert the last action checkpoint into the bundle (EMA weights + start frames from val).
-say "convert $(latest bridge_small_action)"
-python -m worldsim.train.convert "$(latest bridge_small_action)/model" "$WORK/converted" \
+# 5. Optionally the decoder stage from the action checkpoint: same latents, sharper frames.
+FINAL=bridge_small_action
+if [ "$DEC_MINUTES" != 0 ]; then
+  FINAL=bridge_small_decoder
+  if ! done_stage decoder; then
+    say "decoder fine-tuning from $(latest bridge_small_action)"
+    python -m worldsim.train experiment=bridge_small_decoder dataset.root="$DATA" dataset.num_workers=6 \
+      load_path="$(job bridge_small_action)/checkpoints" trainer.max_minutes="$DEC_MINUTES" trainer.batch_size=16 \
+      trainer.warmup_iter=100 trainer.val_every=1000 checkpoint.save_iter=1000 $EXTRA > "$WORK/logs/decoder.log" 2>&1
+    touch "$WORK/logs/decoder.done"
+  fi
+fi
+
+# 6. Convert the last checkpoint into the bundle (EMA weights + start frames from val).
+say "convert $(latest $FINAL)"
+python -m worldsim.train.convert "$(latest $FINAL)/model" "$WORK/converted" \
   --start-frames "$DATA" --split val --num-start-frames 32 > "$WORK/logs/convert.log" 2>&1
 if [ "$SUCCESS_EPISODES" -gt 0 ]; then
-  # 6. The success model: trained on BridgeSim frames (the eval's success stage trains one when
+  # 7. The success model: trained on BridgeSim frames (the eval's success stage trains one when
   # the bundle has none), measured on held-out episodes, then shipped in the bundle.
   say "success model on $SUCCESS_EPISODES BridgeSim episodes"
   python -m worldsim.eval.cli --checkpoint "$WORK/converted/bundle" --out "$WORK/success" --stages success \
