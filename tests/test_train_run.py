@@ -150,7 +150,9 @@ def test_decoder_stage_trains_the_decoder_alone(reference, out, data, tmp_path):
     for k in weights:
         if k in decoder:
             continue
-        assert torch.equal(after["model." + k], before["ema." + k if "ema." + k in before else "model." + k]), k
+        assert torch.equal(
+            after["model." + k], before["ema." + k if "ema." + k in before else "model." + k]
+        ), k
     assert any(not torch.equal(after["model." + k], before["ema." + k]) for k in decoder)
 
 

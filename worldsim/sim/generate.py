@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     elapsed, made = time.perf_counter() - start, len(results) - kept
     print(
         f"wrote {made} episodes to {args.out} ({args.split}) in {elapsed:.1f} s: "
-        f"{made / elapsed:.2f} episodes/s" + (f" ({kept} kept from an earlier run)" if kept else "")
+        f"{made / elapsed:.2f} episodes/s"
+        + (f" ({kept} kept from an earlier run)" if kept else "")
         + f", success rate {np.mean(results) if results else 0:.2f}"
     )
 
