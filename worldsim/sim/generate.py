@@ -140,10 +140,15 @@ def _write_json(data: dict, path: Path) -> None:
     atomic_write(path, dump)
 
 
+def annotation_path(out: Path, split: str, episode_id: int) -> Path:
+    """Where episode `episode_id`'s annotation JSON lives (its existence marks a complete episode)."""
+    return out / "annotation" / split / f"{episode_id}.json"
+
+
 def write_episode(out: Path, split: str, episode_id: int, frames: np.ndarray, data: dict) -> None:
     """Video first, JSON last: the loader only sees episodes whose JSON exists, so both are complete."""
     write_video(frames, out / "videos" / split / str(episode_id) / "rgb.mp4", fps=FPS)
-    _write_json(data, out / "annotation" / split / f"{episode_id}.json")
+    _write_json(data, annotation_path(out, split, episode_id))
 
 
 _SIM: BridgeSim | None = None  # one simulator (and GL context) per worker process
@@ -180,7 +185,7 @@ def written_success(config: GenConfig, index: int) -> bool | None:
     """Whether episode `index` succeeded, if this run wrote it already (same seed and settings); None if
     it is not there. An episode of another run in its place raises `EpisodeConflict`: it is never
     overwritten."""
-    path = config.out / "annotation" / config.split / f"{index}.json"
+    path = annotation_path(config.out, config.split, index)
     if not path.exists():
         return None
     try:
@@ -253,8 +258,7 @@ def main(argv: list[str] | None = None) -> None:
         policies=_names(args.policies, POLICIES, "policies"),
         tasks=_names(args.tasks, TASKS, "tasks"),
     )
-    folder = args.out / "annotation" / args.split
-    kept = sum((folder / f"{i}.json").exists() for i in range(args.episodes))
+    kept = sum(annotation_path(args.out, args.split, i).exists() for i in range(args.episodes))
     start = time.perf_counter()
     try:
         results = generate(config, args.episodes, workers=args.workers)

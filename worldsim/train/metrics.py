@@ -23,6 +23,7 @@ from worldsim.models.config import WorldModelConfig
 from worldsim.models.dynamics import frame_mask_to_tokens, training_frame_mask
 from worldsim.models.flow import training_sequence_frames
 from worldsim.models.world_model import WorldModel
+from worldsim.train.stages import RECONSTRUCTION_STAGES
 
 # Dense peak FLOP/s per device by name fragment (NVIDIA datasheets, without sparsity).
 PEAK_FLOPS = {
@@ -64,7 +65,7 @@ def train_flops_per_window(cfg: WorldModelConfig, stage: str) -> float:
         Fr = cfg.num_frames
         frames = torch.zeros(Fr, 3, cfg.height, cfg.width)
         encode = _count(lambda: model.tokenizer.moments(frames))
-        if stage in ("tokenizer", "decoder"):
+        if stage in RECONSTRUCTION_STAGES:
             latents = torch.zeros(Fr, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
             decode = _count(lambda: model.tokenizer.decoder(latents))
             # A frozen encoder only runs forward (no backward passes through it).

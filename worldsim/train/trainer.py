@@ -260,9 +260,8 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
                 "tflops_per_s_per_rank": flops * windows / dt / info.world_size / 1e12,
                 "mfu": (flops * windows / dt / (peak * info.world_size)) if peak else "n/a",
             }
-            if (
-                cfg.stage not in RECONSTRUCTION_STAGES
-            ):  # dynamics tokens (both streams) through the transformer
+            # dynamics tokens (both streams) through the transformer
+            if cfg.stage not in RECONSTRUCTION_STAGES:
                 record["tokens_per_s"] = (
                     windows * training_sequence_frames(model_cfg.num_frames) * model_cfg.tokens_per_frame / dt
                 )
