@@ -7,7 +7,7 @@
 #   WORK=/root/ws bash scripts/gpu_pipeline.sh            # writes everything under $WORK
 #
 # Environment knobs (minutes and counts): TRAIN_EPISODES TRAIN_SEED VAL_EPISODES GEN_MINUTES TOK_MINUTES
-# V2W_MINUTES ACT_MINUTES DEC_MINUTES WORKERS ACT_GPUS ACT_BATCH ACT_LR ACT_COMPILE ACTION_INIT SUCCESS_EPISODES
+# V2W_MINUTES ACT_MINUTES DEC_MINUTES WORKERS ACT_GPUS ACT_BATCH ACT_LR ACT_COMPILE ACTION_INIT RETOKENIZE SUCCESS_EPISODES
 # SUCCESS_STEPS STOP_AFTER (=cache: only make the data). Logs go to $WORK/logs/*.log; progress lines to stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,8 +39,20 @@ SUCCESS_STEPS=${SUCCESS_STEPS:-4000}
 # Continue action post-training from an earlier bundle/checkpoint instead of training the tokenizer and
 # video2world stages first (a later lease improving the shipped model).
 ACTION_INIT=${ACTION_INIT:-}
+# RETOKENIZE=1 (with ACTION_INIT): first train ACTION_INIT's tokenizer on (TOK_MINUTES, focused loss), then
+# post-train ACTION_INIT's dynamics with that tokenizer under it (tokenizer_path); the latents move, the
+# dynamics follows (lease 7: round trip 30 -> 37.5 dB, the blocks' colours kept).
+RETOKENIZE=${RETOKENIZE:-}
 mkdir -p "$WORK/logs"
-if [ -n "$ACTION_INIT" ]; then touch "$WORK/logs/tokenizer.done" "$WORK/logs/video2world.done"; fi
+if [ -n "$ACTION_INIT" ]; then
+  touch "$WORK/logs/video2world.done"
+  if [ -z "$RETOKENIZE" ]; then touch "$WORK/logs/tokenizer.done"; fi
+fi
+TOK_INIT=""; TOK_UNDER=""
+if [ -n "$ACTION_INIT" ] && [ -n "$RETOKENIZE" ]; then
+  TOK_INIT="tokenizer_path=$ACTION_INIT"
+  TOK_UNDER="tokenizer_path=$WORLDSIM_OUTPUT_ROOT/worldsim/bridge/bridge_small_tokenizer/checkpoints"
+fi
 say() { echo "[$(date +%H:%M:%S)] $*"; }
 job() { echo "$WORLDSIM_OUTPUT_ROOT/worldsim/bridge/$1"; }
 latest() { local j; j=$(job "$1"); echo "$j/checkpoints/$(cat "$j/checkpoints/latest_checkpoint.txt")"; }
@@ -62,13 +74,13 @@ if ! done_stage gen_train; then
      --split train --seed "$TRAIN_SEED" --workers "$WORKERS" --resolution "$RES" > "$WORK/logs/gen_train.log" 2>&1 || true
    touch "$WORK/logs/gen_train.done") &
   GEN_PID=$!
-  while [ -z "$ACTION_INIT" ] && [ "$(ls "$DATA/annotation/train" 2>/dev/null | grep -c '\.json$')" -lt "$MIN_EPISODES" ]; do sleep 5; done
+  while ! done_stage tokenizer && [ "$(ls "$DATA/annotation/train" 2>/dev/null | grep -c '\.json$')" -lt "$MIN_EPISODES" ]; do sleep 5; done
 fi
 
 # 2. Tokenizer (while generation goes on).
 if ! done_stage tokenizer; then
   say "tokenizer: $(ls "$DATA/annotation/train" | grep -c '\.json$') episodes so far"
-  python -m worldsim.train experiment=bridge_small_tokenizer dataset.root="$DATA" dataset.num_workers=2 \
+  python -m worldsim.train experiment=bridge_small_tokenizer dataset.root="$DATA" dataset.num_workers=2 $TOK_INIT \
     trainer.max_minutes="$TOK_MINUTES" trainer.batch_size=16 trainer.val_every=2000 checkpoint.save_iter=2000 $EXTRA \
     > "$WORK/logs/tokenizer.log" 2>&1
   touch "$WORK/logs/tokenizer.done"
@@ -103,7 +115,7 @@ if ! done_stage action; then
   say "action post-training from $INIT"
   python -m torch.distributed.run --standalone --nproc_per_node="$ACT_GPUS" -m worldsim.train \
     experiment=bridge_small_action dataset.root="$DATA" dataset.num_workers=6 \
-    load_path="$INIT" trainer.max_minutes="$ACT_MINUTES" trainer.batch_size="$ACT_BATCH" \
+    load_path="$INIT" $TOK_UNDER trainer.max_minutes="$ACT_MINUTES" trainer.batch_size="$ACT_BATCH" \
     trainer.lr="$ACT_LR" trainer.compile="$ACT_COMPILE" trainer.warmup_iter=200 trainer.val_every=1500 \
     checkpoint.save_iter=1500 $EXTRA > "$WORK/logs/action.log" 2>&1
   touch "$WORK/logs/action.done"

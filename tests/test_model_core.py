@@ -9,6 +9,7 @@ import torch
 from worldsim.models.config import PRESETS, WorldModelConfig, get_preset
 from worldsim.models.dynamics import frame_mask_to_tokens, training_frame_mask
 from worldsim.models.flow import RectifiedFlow, sampling_times
+from worldsim.models.tokenizer import Tokenizer
 from worldsim.models.world_model import CheckpointError, WorldModel
 
 
@@ -289,3 +290,30 @@ def test_training_flow_times_follow_the_sampler_shift():
     assert 0 < float(shifted.min()) and float(shifted.max()) < 1
     assert float((shifted > t_mid).float().mean()) == pytest.approx(0.5, abs=0.01)
     assert float((plain > t_mid).float().mean()) == pytest.approx(0.037, abs=0.005)
+
+
+def test_focused_reconstruction_loss_weights_each_pixel_by_its_share_of_the_error() -> None:
+    """recon_focus 1: a pixel with k times the frame's mean error counts k times (capped at 50, no gradient
+    through the weight); uniform errors and recon_focus 0 give plain L1 + MSE."""
+    plain_tok = Tokenizer(get_preset("tiny", recon_focus=0.0))
+    focus_tok = Tokenizer(get_preset("tiny", recon_focus=1.0))
+    uniform = torch.full((2, 3, 8, 8), 0.1)
+    plain = (uniform.abs() + uniform.pow(2)).mean()
+    assert torch.allclose(focus_tok._focused(uniform), plain)
+    assert torch.allclose(plain_tok._focused(uniform), plain)
+    # One block of 2x2 pixels off by 0.5 in one channel, the rest off by 0.01: its weight is its error over
+    # the frame's mean per-pixel error (mean over channels).
+    err = torch.full((1, 3, 8, 8), 0.01)
+    err[0, 1, :2, :2] = 0.5
+    size = err.abs().mean(1, keepdim=True)
+    weight = size / size.mean()
+    assert weight.max() > 8 and weight.min() < 0.5
+    expected = (weight * (err.abs() + err.pow(2))).mean()
+    assert torch.allclose(focus_tok._focused(err), expected)
+    assert focus_tok._focused(err) > 5 * plain_tok._focused(err)
+    e = err.clone().requires_grad_(True)
+    focus_tok._focused(e).backward()
+    torch.testing.assert_close(e.grad, weight.expand_as(err) * (1 + 2 * err) / err.numel())
+    lone = torch.zeros(1, 3, 32, 32)
+    lone[0, 0, 0, 0] = 1.0  # its error is 1024 times the mean: the weight stops at 50
+    assert torch.allclose(focus_tok._focused(lone), torch.tensor(50 * 2.0 / lone.numel()))

@@ -95,6 +95,15 @@ def test_incompatible_load_path_fails_before_training(data, tmp_path, capsys, mo
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     err = error_of([f"dataset.root={data}", f"load_path={tmp_path / 'junk.pt'}"], capsys)
     assert "junk.pt" in err and "cannot read" in err
+    # tokenizer_path: the same checks, named by its own key; its tokenizer must fit, load_path's need not
+    err = error_of([f"dataset.root={data}", f"tokenizer_path={tmp_path / 'missing.pt'}"], capsys)
+    assert "tokenizer_path=" in err and "no such file" in err
+    WorldModel(get_preset("tiny", tokenizer_channels=(12, 16, 16))).save_pretrained(tmp_path / "widetok")
+    err = error_of([f"dataset.root={data}", f"tokenizer_path={tmp_path / 'widetok'}"], capsys)
+    assert "tokenizer_path=" in err and "tokenizer.encoder" in err
+    err = error_of(["stage=decoder", f"dataset.root={data}", f"load_path={tmp_path / 'widetok'}",
+                    f"tokenizer_path={tmp_path / 'widetok'}"], capsys)  # fmt: skip
+    assert "tokenizer_path=" in err and "not for stage=decoder" in err
     assert not (tmp_path / "out").exists()
 
 

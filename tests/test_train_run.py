@@ -131,6 +131,44 @@ def test_action_stage_starts_from_tokenizer_checkpoint(data, out, tmp_path):
     )
 
 
+def test_tokenizer_path_puts_a_new_tokenizer_under_a_trained_dynamics(reference, out, data, tmp_path):
+    """A model's tokenizer trained on (its latent statistics reset) and one of another encoder width,
+    each put under the reference run's dynamics with tokenizer_path: the tokenizer comes from one source,
+    the dynamics (action layers included) from the other, and the new latents get new statistics."""
+    from safetensors.torch import save_file
+
+    env = train_env(out)
+    model_ckpts = reference / "checkpoints"
+    before = load_dcp(model_ckpts / "iter_000000030" / "model", tmp_path)
+    tokenizer_only = tmp_path / "tokenizer.safetensors"  # a file of the tokenizer's tensors alone will do
+    weights = {k.removeprefix("ema."): v for k, v in before.items() if k.startswith("ema.tokenizer.")}
+    weights |= {k.removeprefix("model."): v for k, v in before.items() if k.startswith("model.tokenizer.latent_")}
+    save_file(weights, tokenizer_only)
+    tok = run(python_cmd("experiment=bridge_tiny_tokenizer", f"dataset.root={data}", "job.name=retok",
+                         f"tokenizer_path={tokenizer_only}", "trainer.max_iter=4", "trainer.val_every=0"), env)  # fmt: skip
+    assert "tokenizer weights from" in tok.stdout and "latent statistics reset" in tok.stdout
+    run(python_cmd("experiment=bridge_tiny_tokenizer", f"dataset.root={data}", "job.name=widetok",
+                   "model.overrides.tokenizer_channels=[12,16,16]", "trainer.max_iter=4", "trainer.val_every=0"),
+        env)  # fmt: skip
+    act = run(python_cmd("experiment=bridge_tiny", f"dataset.root={data}", "job.name=newtok",
+                         "model.overrides.tokenizer_channels=[12,16,16]", f"load_path={model_ckpts}",
+                         f"tokenizer_path={job_dir(out, 'widetok') / 'checkpoints'}", "trainer.max_iter=2",
+                         "trainer.lr=1e-12", "trainer.val_every=0"), env)  # fmt: skip
+    assert "tokenizer weights from" in act.stdout and "latent stats set" in act.stdout
+    wide = load_dcp(job_dir(out, "widetok") / "checkpoints" / "iter_000000004" / "model", tmp_path)
+    after = load_dcp(job_dir(out, "newtok") / "checkpoints" / "iter_000000002" / "model", tmp_path)
+    retok = load_dcp(job_dir(out, "retok") / "checkpoints" / "iter_000000004" / "model", tmp_path)
+    assert torch.equal(retok["model.tokenizer.latent_scale"], torch.ones_like(retok["model.tokenizer.latent_scale"]))
+    weights = [k.removeprefix("model.") for k in after if k.startswith("model.")]
+    assert any(k.startswith("dynamics.action_embed.") for k in weights)
+    for k in weights:
+        if k.startswith("tokenizer.latent_"):
+            continue
+        source = wide if k.startswith("tokenizer.") else before  # lr 1e-12: the weights are still the initial ones
+        torch.testing.assert_close(after["model." + k], source["ema." + k], rtol=0, atol=1e-6, msg=k)
+    assert wide["model.tokenizer.encoder.stem.weight"].shape != before["model.tokenizer.encoder.stem.weight"].shape
+
+
 def test_decoder_stage_trains_the_decoder_alone(reference, out, data, tmp_path):
     """stage=decoder from a trained model: its reconstruction loss falls, and nothing but the decoder
     moves (the encoder's latents, which the dynamics was trained on, stay exactly as they were)."""

@@ -25,6 +25,10 @@ class WorldModelConfig:
     tokenizer_channels: tuple[int, ...] = (32, 64, 128)  # encoder widths at /1, /2, /4 (then /8)
     decoder_channels: tuple[int, ...] = (128, 64, 32, 16)  # decoder widths at /8, /4, /2, /1
     kl_weight: float = 1e-6  # weight of the KL term that keeps the latent space smooth
+    # Reconstruction loss focus: each pixel's error is weighted by (its error / the frame's mean error) to
+    # this power (detached, capped at 50), so small saturated objects (a green block on a wooden table: 0.1%
+    # of the pixels) are not left to the end of training; 0 = plain L1 + MSE
+    recon_focus: float = 1.0
     # --- dynamics transformer ---
     patch_size: int = 2  # latent pixels per token side
     dim: int = 256  # transformer width

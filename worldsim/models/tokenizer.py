@@ -106,16 +106,24 @@ class Tokenizer(nn.Module):
         x = self.decoder(self.denormalize(latents.reshape(-1, *latents.shape[-3:])))
         return x.reshape(*lead, *x.shape[1:])
 
+    def _focused(self, err: torch.Tensor) -> torch.Tensor:
+        """L1 + MSE with each pixel weighted by its own share of the frame's error (`recon_focus`)."""
+        per_pixel = err.abs() + err.pow(2)
+        if self.cfg.recon_focus == 0:
+            return per_pixel.mean()
+        size = err.detach().abs().mean(1, keepdim=True)  # (B, 1, H, W)
+        weight = (size / size.mean((2, 3), keepdim=True).clamp_min(1e-8)).pow(self.cfg.recon_focus)
+        return (weight.clamp(max=50.0) * per_pixel).mean()
+
     def loss(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Reconstruction (L1 + MSE) plus a light KL; frames (B, 3, H, W) in [-1, 1]. The logs are
-        detached 0-d tensors (no host sync per step)."""
+        """Reconstruction (L1 + MSE, focused: see `recon_focus`) plus a light KL; frames (B, 3, H, W) in
+        [-1, 1]. The logs (plain L1, MSE, KL, PSNR) are detached 0-d tensors (no host sync per step)."""
         mean, logvar = self.moments(frames)
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
-        recon = self.decoder(z)
-        l1 = (recon - frames).abs().mean()
-        mse = F.mse_loss(recon, frames)
+        err = self.decoder(z) - frames
+        l1, mse = err.abs().mean(), err.pow(2).mean()
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
-        loss = l1 + mse + self.cfg.kl_weight * kl
+        loss = self._focused(err) + self.cfg.kl_weight * kl
         psnr = 10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10))  # peak-to-peak range 2 in [-1, 1]
         logs = {"l1": l1, "mse": mse, "kl": kl, "psnr": psnr}
         return loss, {k: v.detach() for k, v in logs.items()}

@@ -113,6 +113,9 @@ class TrainConfig:
     experiment: str = "bridge_tiny"
     stage: str = "action"  # tokenizer | decoder | video2world | action
     load_path: str = ""  # initial model weights (DCP checkpoint, .pt or .safetensors); "" = none
+    # The tokenizer's weights (latent statistics included) from here instead of load_path: a newly trained
+    # tokenizer under a trained dynamics, or (stage=tokenizer) the tokenizer to train on; "" = none
+    tokenizer_path: str = ""
     load_ema: bool = True  # take the EMA weights from a DCP / converted load_path when it has them
     job: JobConfig = field(default_factory=JobConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -237,6 +240,11 @@ def check_config(cfg: TrainConfig) -> None:
         cfg.stage != "decoder" or bool(cfg.load_path),
         "load_path",
         "required for stage=decoder: it fine-tunes the decoder of a trained model (a DCP checkpoint or bundle)",
+    )
+    need(
+        not cfg.tokenizer_path or cfg.stage != "decoder",
+        "tokenizer_path",
+        "not for stage=decoder (its load_path names the whole model whose decoder it sharpens)",
     )
     need(
         bool(cfg.dataset.root), "dataset.root", "required: a Bridge-format dataset folder (dataset.root=DIR)"

@@ -9,6 +9,11 @@ Model weights only (no optimiser, step or data position). When an action post-tr
 tokenizer or video2world checkpoint, `dynamics.action_embed.*` is dropped and stays zero-initialised
 (so the model starts exactly as the video2world one). Shape mismatches raise `LoadPathError` naming
 the file and the first offending tensors.
+
+`tokenizer_path=...` takes the tokenizer's tensors (`tokenizer.*`, its latent statistics included) from a
+second source of the same kinds (a file holding only `tokenizer.*` will do): a newly trained tokenizer under
+the dynamics of `load_path` (whose own tokenizer is then not read, so it may even differ in shape), or the
+tokenizer a tokenizer stage trains on.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from worldsim.models.world_model import WorldModel
 from worldsim.train.checkpoint import LATEST
 
 ACTION_PREFIX = "dynamics.action_embed."
+TOKENIZER_PREFIX = "tokenizer."
 
 
 class LoadPathError(ValueError):
@@ -44,6 +50,7 @@ class InitialWeights:
     source_stage: str | None
     keys: dict[str, str]  # model key -> key in the source
     dropped: list[str] = field(default_factory=list)
+    part: str = "all"  # which of the model's tensors it gives: all | tokenizer | no_tokenizer
 
     def load_into(self, model: WorldModel) -> None:
         """Copy the weights into a plain (unsharded) model."""
@@ -129,8 +136,28 @@ def _source(path: Path, kind: str) -> tuple[dict[str, tuple[int, ...]], str | No
         raise LoadPathError(f"load_path={str(path)!r}: cannot read checkpoint metadata ({e})") from e
 
 
-def inspect_load_path(load_path: str, cfg: WorldModelConfig, stage: str, use_ema: bool) -> InitialWeights:
-    """Resolve `load_path` and map and shape-check every tensor of a `WorldModel(cfg)`; reads no weights."""
+def inspect_load_path(
+    load_path: str,
+    cfg: WorldModelConfig,
+    stage: str,
+    use_ema: bool,
+    part: str = "all",
+    key: str = "load_path",
+) -> InitialWeights:
+    """Resolve `load_path` and map and shape-check every tensor of a `WorldModel(cfg)`; reads no weights.
+
+    part: "all" tensors, "tokenizer" (only `tokenizer.*`) or "no_tokenizer" (all but those); `key` is the
+    config key named in errors.
+    """
+    try:
+        return _inspect(load_path, cfg, stage, use_ema, part)
+    except LoadPathError as e:
+        if key == "load_path":
+            raise
+        raise LoadPathError(str(e).replace("load_path=", f"{key}=", 1)) from e
+
+
+def _inspect(load_path: str, cfg: WorldModelConfig, stage: str, use_ema: bool, part: str) -> InitialWeights:
     path, kind = _resolve(Path(load_path))
     shapes, source_stage, source_cfg = _source(path, kind)
     if source_cfg is not None and source_cfg.get("heads") not in (None, cfg.heads):
@@ -143,6 +170,8 @@ def inspect_load_path(load_path: str, cfg: WorldModelConfig, stage: str, use_ema
     keys: dict[str, str] = {}
     dropped, missing, mismatched = [], [], []
     for name, shape in target.items():
+        if part != "all" and name.startswith(TOKENIZER_PREFIX) != (part == "tokenizer"):
+            continue
         if drop_actions and name.startswith(ACTION_PREFIX):
             dropped.append(name)
             continue
@@ -160,4 +189,4 @@ def inspect_load_path(load_path: str, cfg: WorldModelConfig, stage: str, use_ema
             + (f"{len(mismatched)} shape mismatches ({'; '.join(mismatched[:3])}) " if mismatched else "")
             + (f"{len(missing)} missing tensors ({', '.join(missing[:3])})" if missing else "")
         )
-    return InitialWeights(path, kind, source_stage, keys, dropped)
+    return InitialWeights(path, kind, source_stage, keys, dropped, part)

@@ -109,30 +109,50 @@ def clip_gradients(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
 def build_model(
     model_cfg: WorldModelConfig,
     cfg: TrainConfig,
-    initial: InitialWeights | None,
+    initial: list[InitialWeights],
     resuming: bool,
     info: DistInfo,
 ) -> tuple[WorldModel, str]:
     """The plain model on this rank's device: identical init on every rank, initial weights, latent stats."""
     torch.manual_seed(cfg.trainer.seed)  # every rank builds the same weights before fully_shard splits them
     model = WorldModel(model_cfg)
-    note = ""
-    if initial is not None and not resuming:
-        initial.load_into(model)
-        note = f"initial weights from {initial.path}" + (
-            f" (dropped {len(initial.dropped)} action tensors: fresh action layers)"
-            if initial.dropped
-            else ""
+    notes = []
+    for source in [] if resuming else initial:
+        source.load_into(model)
+        what = "tokenizer" if source.part == "tokenizer" else "initial"
+        notes.append(
+            f"{what} weights from {source.path}"
+            + (f" (dropped {len(source.dropped)} action tensors: fresh action layers)" if source.dropped else "")
         )
+    if cfg.stage == "tokenizer" and initial and not resuming and not latent_stats_are_default(model):
+        # The encoder is about to change: the loaded latent statistics no longer describe it, so they go
+        # back to the identity and the next stage measures them on the new latents.
+        model.tokenizer.latent_shift.zero_()
+        model.tokenizer.latent_scale.fill_(1.0)
+        notes.append("latent statistics reset (the next stage measures them for the retrained encoder)")
+    note = "\n".join(notes)
     model.to(info.device)
     return model, note
+
+
+def initial_weights(cfg: TrainConfig, model_cfg: WorldModelConfig) -> list[InitialWeights]:
+    """The shape-checked sources of the initial weights: load_path, then tokenizer_path over its tokenizer."""
+    sources = []
+    if cfg.load_path:
+        part = "no_tokenizer" if cfg.tokenizer_path else "all"
+        sources.append(inspect_load_path(cfg.load_path, model_cfg, cfg.stage, cfg.load_ema, part))
+    if cfg.tokenizer_path:
+        sources.append(
+            inspect_load_path(cfg.tokenizer_path, model_cfg, cfg.stage, cfg.load_ema, "tokenizer", "tokenizer_path")
+        )
+    return sources
 
 
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) the job `cfg` describes; returns the job folder."""
     model_cfg = cfg.model.build()
     train_ds, val_ds = make_datasets(cfg.dataset, model_cfg)
-    initial = inspect_load_path(cfg.load_path, model_cfg, cfg.stage, cfg.load_ema) if cfg.load_path else None
+    initial = initial_weights(cfg, model_cfg)
     info = init_distributed()
     try:
         return _train(cfg, model_cfg, train_ds, val_ds, initial, info)
