@@ -142,7 +142,9 @@ def test_tokenizer_path_puts_a_new_tokenizer_under_a_trained_dynamics(reference,
     before = load_dcp(model_ckpts / "iter_000000030" / "model", tmp_path)
     tokenizer_only = tmp_path / "tokenizer.safetensors"  # a file of the tokenizer's tensors alone will do
     weights = {k.removeprefix("ema."): v for k, v in before.items() if k.startswith("ema.tokenizer.")}
-    weights |= {k.removeprefix("model."): v for k, v in before.items() if k.startswith("model.tokenizer.latent_")}
+    weights |= {
+        k.removeprefix("model."): v for k, v in before.items() if k.startswith("model.tokenizer.latent_")
+    }
     save_file(weights, tokenizer_only)
     tok = run(python_cmd("experiment=bridge_tiny_tokenizer", f"dataset.root={data}", "job.name=retok",
                          f"tokenizer_path={tokenizer_only}", "trainer.max_iter=4", "trainer.val_every=0"), env)  # fmt: skip
@@ -158,15 +160,21 @@ def test_tokenizer_path_puts_a_new_tokenizer_under_a_trained_dynamics(reference,
     wide = load_dcp(job_dir(out, "widetok") / "checkpoints" / "iter_000000004" / "model", tmp_path)
     after = load_dcp(job_dir(out, "newtok") / "checkpoints" / "iter_000000002" / "model", tmp_path)
     retok = load_dcp(job_dir(out, "retok") / "checkpoints" / "iter_000000004" / "model", tmp_path)
-    assert torch.equal(retok["model.tokenizer.latent_scale"], torch.ones_like(retok["model.tokenizer.latent_scale"]))
+    assert torch.equal(
+        retok["model.tokenizer.latent_scale"], torch.ones_like(retok["model.tokenizer.latent_scale"])
+    )
     weights = [k.removeprefix("model.") for k in after if k.startswith("model.")]
     assert any(k.startswith("dynamics.action_embed.") for k in weights)
     for k in weights:
         if k.startswith("tokenizer.latent_"):
             continue
-        source = wide if k.startswith("tokenizer.") else before  # lr 1e-12: the weights are still the initial ones
+        # lr 1e-12: the weights are still the initial ones
+        source = wide if k.startswith("tokenizer.") else before
         torch.testing.assert_close(after["model." + k], source["ema." + k], rtol=0, atol=1e-6, msg=k)
-    assert wide["model.tokenizer.encoder.stem.weight"].shape != before["model.tokenizer.encoder.stem.weight"].shape
+    assert (
+        wide["model.tokenizer.encoder.stem.weight"].shape
+        != before["model.tokenizer.encoder.stem.weight"].shape
+    )
 
 
 def test_decoder_stage_trains_the_decoder_alone(reference, out, data, tmp_path):

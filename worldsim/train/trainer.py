@@ -117,14 +117,20 @@ def build_model(
     torch.manual_seed(cfg.trainer.seed)  # every rank builds the same weights before fully_shard splits them
     model = WorldModel(model_cfg)
     notes = []
-    for source in [] if resuming else initial:
+    if resuming:  # the checkpoint restores every weight; the initial ones are not read
+        initial = []
+    for source in initial:  # load_path first, then tokenizer_path over its tokenizer
         source.load_into(model)
         what = "tokenizer" if source.part == "tokenizer" else "initial"
         notes.append(
             f"{what} weights from {source.path}"
-            + (f" (dropped {len(source.dropped)} action tensors: fresh action layers)" if source.dropped else "")
+            + (
+                f" (dropped {len(source.dropped)} action tensors: fresh action layers)"
+                if source.dropped
+                else ""
+            )
         )
-    if cfg.stage == "tokenizer" and initial and not resuming and not latent_stats_are_default(model):
+    if cfg.stage == "tokenizer" and initial and not latent_stats_are_default(model):
         # The encoder is about to change: the loaded latent statistics no longer describe it, so they go
         # back to the identity and the next stage measures them on the new latents.
         model.tokenizer.latent_shift.zero_()
@@ -143,7 +149,9 @@ def initial_weights(cfg: TrainConfig, model_cfg: WorldModelConfig) -> list[Initi
         sources.append(inspect_load_path(cfg.load_path, model_cfg, cfg.stage, cfg.load_ema, part))
     if cfg.tokenizer_path:
         sources.append(
-            inspect_load_path(cfg.tokenizer_path, model_cfg, cfg.stage, cfg.load_ema, "tokenizer", "tokenizer_path")
+            inspect_load_path(
+                cfg.tokenizer_path, model_cfg, cfg.stage, cfg.load_ema, "tokenizer", "tokenizer_path"
+            )
         )
     return sources
 
