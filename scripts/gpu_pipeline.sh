@@ -57,6 +57,17 @@ say() { echo "[$(date +%H:%M:%S)] $*"; }
 job() { echo "$WORLDSIM_OUTPUT_ROOT/worldsim/bridge/$1"; }
 latest() { local j; j=$(job "$1"); echo "$j/checkpoints/$(cat "$j/checkpoints/latest_checkpoint.txt")"; }
 done_stage() { [ -f "$WORK/logs/$1.done" ]; }
+# train_stage NAME EXPERIMENT [LAUNCHER...] -- OVERRIDES...: one worldsim-train stage on $DATA (EXTRA last, so
+# it wins), logged to $WORK/logs/NAME.log and marked done; a rerun of the script resumes it until then.
+train_stage() {
+  local name=$1 experiment=$2; shift 2
+  local launch=()
+  while [ "$1" != -- ]; do launch+=("$1"); shift; done
+  shift
+  "${launch[@]:-python}" -m worldsim.train experiment="$experiment" dataset.root="$DATA" "$@" $EXTRA \
+    > "$WORK/logs/$name.log" 2>&1
+  touch "$WORK/logs/$name.done"
+}
 
 # 1. Data. Validation first (small); the training split is generated in the background while the
 # tokenizer trains on the episodes already written (writes are atomic: a reader never sees half an
@@ -80,10 +91,8 @@ fi
 # 2. Tokenizer (while generation goes on).
 if ! done_stage tokenizer; then
   say "tokenizer: $(ls "$DATA/annotation/train" | grep -c '\.json$') episodes so far"
-  python -m worldsim.train experiment=bridge_small_tokenizer dataset.root="$DATA" dataset.num_workers=2 $TOK_INIT \
-    trainer.max_minutes="$TOK_MINUTES" trainer.batch_size=16 trainer.val_every=2000 checkpoint.save_iter=2000 $EXTRA \
-    > "$WORK/logs/tokenizer.log" 2>&1
-  touch "$WORK/logs/tokenizer.done"
+  train_stage tokenizer bridge_small_tokenizer -- dataset.num_workers=2 $TOK_INIT trainer.max_minutes="$TOK_MINUTES" \
+    trainer.batch_size=16 trainer.val_every=2000 checkpoint.save_iter=2000
 fi
 if [ -n "$GEN_PID" ]; then wait "$GEN_PID"; fi
 say "train episodes: $(ls "$DATA/annotation/train" | grep -c '\.json$'); $(tail -c 300 "$WORK/logs/gen_train.log" | tr '\r' '\n' | grep wrote || true)"
@@ -105,20 +114,17 @@ if [ "${STOP_AFTER:-}" = cache ]; then say "data ready (STOP_AFTER=cache)"; exit
 # 4. Video2world pre-training (no actions), then action post-training from it.
 if ! done_stage video2world; then
   say "video2world from $(latest bridge_small_tokenizer)"
-  python -m worldsim.train experiment=bridge_small_video2world dataset.root="$DATA" dataset.num_workers=6 \
+  train_stage video2world bridge_small_video2world -- dataset.num_workers=6 \
     load_path="$(job bridge_small_tokenizer)/checkpoints" trainer.max_minutes="$V2W_MINUTES" trainer.batch_size=32 \
-    trainer.warmup_iter=200 trainer.val_every=100000 checkpoint.save_iter=100000 $EXTRA > "$WORK/logs/video2world.log" 2>&1
-  touch "$WORK/logs/video2world.done"
+    trainer.warmup_iter=200 trainer.val_every=100000 checkpoint.save_iter=100000
 fi
 if ! done_stage action; then
   INIT=${ACTION_INIT:-$(job bridge_small_video2world)/checkpoints}
   say "action post-training from $INIT"
-  python -m torch.distributed.run --standalone --nproc_per_node="$ACT_GPUS" -m worldsim.train \
-    experiment=bridge_small_action dataset.root="$DATA" dataset.num_workers=6 \
-    load_path="$INIT" $TOK_UNDER trainer.max_minutes="$ACT_MINUTES" trainer.batch_size="$ACT_BATCH" \
+  train_stage action bridge_small_action python -m torch.distributed.run --standalone --nproc_per_node="$ACT_GPUS" -- \
+    dataset.num_workers=6 load_path="$INIT" $TOK_UNDER trainer.max_minutes="$ACT_MINUTES" trainer.batch_size="$ACT_BATCH" \
     trainer.lr="$ACT_LR" trainer.compile="$ACT_COMPILE" trainer.warmup_iter=200 trainer.val_every=1500 \
-    checkpoint.save_iter=1500 $EXTRA > "$WORK/logs/action.log" 2>&1
-  touch "$WORK/logs/action.done"
+    checkpoint.save_iter=1500
 fi
 
 # 5. Optionally the decoder stage from the action checkpoint: same latents, sharper frames.
@@ -127,10 +133,9 @@ if [ "$DEC_MINUTES" != 0 ]; then
   FINAL=bridge_small_decoder
   if ! done_stage decoder; then
     say "decoder fine-tuning from $(latest bridge_small_action)"
-    python -m worldsim.train experiment=bridge_small_decoder dataset.root="$DATA" dataset.num_workers=6 \
+    train_stage decoder bridge_small_decoder -- dataset.num_workers=6 \
       load_path="$(job bridge_small_action)/checkpoints" trainer.max_minutes="$DEC_MINUTES" trainer.batch_size=16 \
-      trainer.warmup_iter=100 trainer.val_every=1000 checkpoint.save_iter=1000 $EXTRA > "$WORK/logs/decoder.log" 2>&1
-    touch "$WORK/logs/decoder.done"
+      trainer.warmup_iter=100 trainer.val_every=1000 checkpoint.save_iter=1000
   fi
 fi
 
