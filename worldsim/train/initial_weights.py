@@ -37,6 +37,12 @@ ACTION_PREFIX = "dynamics.action_embed."
 TOKENIZER_PREFIX = "tokenizer."
 
 
+def _named(path: Path, part: str) -> str:
+    """How errors name a source: by the config key it came from, `load_path=` or `tokenizer_path=`."""
+    key = "tokenizer_path" if part == "tokenizer" else "load_path"
+    return f"{key}={str(path)!r}"
+
+
 class LoadPathError(ValueError):
     """load_path is missing, unreadable or does not fit the model; the message names the path."""
 
@@ -64,7 +70,7 @@ class InitialWeights:
         elif self.kind == "safetensors":
             state = load_file(str(self.path))
         else:
-            state = _pt_state(self.path)
+            state = _pt_state(self.path, self.part)
         ours = model.state_dict()
         with torch.no_grad():
             for name, src in self.keys.items():
@@ -79,13 +85,13 @@ def _dcp_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return {k: tuple(m.size) for k, m in meta.items() if isinstance(m, TensorStorageMetadata)}
 
 
-def _pt_state(path: Path) -> dict[str, torch.Tensor]:
+def _pt_state(path: Path, part: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise LoadPathError(f"load_path={str(path)!r}: cannot read .pt weights ({e})") from e
+        raise LoadPathError(f"{_named(path, part)}: cannot read .pt weights ({e})") from e
     if not isinstance(obj, dict):
-        raise LoadPathError(f"load_path={str(path)!r}: expected a dict of tensors, got {type(obj).__name__}")
+        raise LoadPathError(f"{_named(path, part)}: expected a dict of tensors, got {type(obj).__name__}")
     flat: dict[str, torch.Tensor] = {}
     for k, v in obj.items():  # {"model": {...}, "ema": {...}} or a plain state dict
         if isinstance(v, dict):
@@ -95,9 +101,9 @@ def _pt_state(path: Path) -> dict[str, torch.Tensor]:
     return flat
 
 
-def _resolve(path: Path) -> tuple[Path, str]:
+def _resolve(path: Path, part: str) -> tuple[Path, str]:
     if not path.exists():
-        raise LoadPathError(f"load_path={str(path)!r}: no such file or folder")
+        raise LoadPathError(f"{_named(path, part)}: no such file or folder")
     if path.is_dir():
         if (path / LATEST).is_file():  # a job's checkpoints folder
             path = path / (path / LATEST).read_text().strip()
@@ -108,16 +114,16 @@ def _resolve(path: Path) -> tuple[Path, str]:
         if (path / "model.safetensors").is_file():
             return path / "model.safetensors", "safetensors"
         raise LoadPathError(
-            f"load_path={str(path)!r}: a folder without a DCP checkpoint (.metadata) or model.safetensors"
+            f"{_named(path, part)}: a folder without a DCP checkpoint (.metadata) or model.safetensors"
         )
     if path.suffix == ".safetensors":
         return path, "safetensors"
     if path.suffix in (".pt", ".pth"):
         return path, "pt"
-    raise LoadPathError(f"load_path={str(path)!r}: expected a DCP folder, .safetensors or .pt file")
+    raise LoadPathError(f"{_named(path, part)}: expected a DCP folder, .safetensors or .pt file")
 
 
-def _source(path: Path, kind: str) -> tuple[dict[str, tuple[int, ...]], str | None, dict | None]:
+def _source(path: Path, kind: str, part: str) -> tuple[dict[str, tuple[int, ...]], str | None, dict | None]:
     """Shapes of every tensor in the source, its training stage and model config when recorded."""
     try:
         if kind == "dcp":
@@ -129,40 +135,26 @@ def _source(path: Path, kind: str) -> tuple[dict[str, tuple[int, ...]], str | No
                 shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
                 md = f.metadata() or {}
             return shapes, md.get("stage"), json.loads(md["config"]) if "config" in md else None
-        return {k: tuple(v.shape) for k, v in _pt_state(path).items()}, None, None
+        return {k: tuple(v.shape) for k, v in _pt_state(path, part).items()}, None, None
     except LoadPathError:
         raise
     except Exception as e:  # noqa: BLE001 - unreadable metadata of any kind
-        raise LoadPathError(f"load_path={str(path)!r}: cannot read checkpoint metadata ({e})") from e
+        raise LoadPathError(f"{_named(path, part)}: cannot read checkpoint metadata ({e})") from e
 
 
 def inspect_load_path(
-    load_path: str,
-    cfg: WorldModelConfig,
-    stage: str,
-    use_ema: bool,
-    part: str = "all",
-    key: str = "load_path",
+    load_path: str, cfg: WorldModelConfig, stage: str, use_ema: bool, part: str = "all"
 ) -> InitialWeights:
     """Resolve `load_path` and map and shape-check every tensor of a `WorldModel(cfg)`; reads no weights.
 
-    part: "all" tensors, "tokenizer" (only `tokenizer.*`) or "no_tokenizer" (all but those); `key` is the
-    config key named in errors.
+    part: "all" tensors, "tokenizer" (only `tokenizer.*`: a `tokenizer_path`, so named in errors) or
+    "no_tokenizer" (all but those: a `load_path` beside a `tokenizer_path`).
     """
-    try:
-        return _inspect(load_path, cfg, stage, use_ema, part)
-    except LoadPathError as e:
-        if key == "load_path":
-            raise
-        raise LoadPathError(str(e).replace("load_path=", f"{key}=", 1)) from e
-
-
-def _inspect(load_path: str, cfg: WorldModelConfig, stage: str, use_ema: bool, part: str) -> InitialWeights:
-    path, kind = _resolve(Path(load_path))
-    shapes, source_stage, source_cfg = _source(path, kind)
+    path, kind = _resolve(Path(load_path), part)
+    shapes, source_stage, source_cfg = _source(path, kind, part)
     if source_cfg is not None and source_cfg.get("heads") not in (None, cfg.heads):
         raise LoadPathError(
-            f"load_path={str(path)!r}: saved with heads={source_cfg['heads']}, the model has heads={cfg.heads}"
+            f"{_named(path, part)}: saved with heads={source_cfg['heads']}, the model has heads={cfg.heads}"
         )
     with torch.device("meta"):
         target = {k: tuple(v.shape) for k, v in WorldModel(cfg).state_dict().items()}
@@ -185,7 +177,7 @@ def _inspect(load_path: str, cfg: WorldModelConfig, stage: str, use_ema: bool, p
             keys[name] = src
     if missing or mismatched:
         raise LoadPathError(
-            f"load_path={str(path)!r} does not fit model preset {cfg.name!r}: "
+            f"{_named(path, part)} does not fit model preset {cfg.name!r}: "
             + (f"{len(mismatched)} shape mismatches ({'; '.join(mismatched[:3])}) " if mismatched else "")
             + (f"{len(missing)} missing tensors ({', '.join(missing[:3])})" if missing else "")
         )

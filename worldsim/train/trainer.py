@@ -148,11 +148,7 @@ def initial_weights(cfg: TrainConfig, model_cfg: WorldModelConfig) -> list[Initi
         part = "no_tokenizer" if cfg.tokenizer_path else "all"
         sources.append(inspect_load_path(cfg.load_path, model_cfg, cfg.stage, cfg.load_ema, part))
     if cfg.tokenizer_path:
-        sources.append(
-            inspect_load_path(
-                cfg.tokenizer_path, model_cfg, cfg.stage, cfg.load_ema, "tokenizer", "tokenizer_path"
-            )
-        )
+        sources.append(inspect_load_path(cfg.tokenizer_path, model_cfg, cfg.stage, cfg.load_ema, "tokenizer"))
     return sources
 
 
