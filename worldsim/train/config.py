@@ -71,7 +71,7 @@ class TrainerConfig:
     val_every: int = 500  # validation every N steps (0 = never) and at the last step
     val_batches: int = 2  # validation micro-batches per rank
     val_rollout_steps: int = 12  # frames of the validation rollout (dynamics stages)
-    compile: bool = False  # torch.compile each transformer block
+    compile: bool = False  # torch.compile each transformer block and the tokenizer's encoder and decoder
     # How the dynamics stages apply the block-causal training mask: flex (flex-attention, skips the
     # tiles nobody attends; CUDA only, it has no CPU backward), sdpa (dense bool mask), auto (flex on CUDA)
     attention: str = "auto"

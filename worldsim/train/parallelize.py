@@ -70,12 +70,14 @@ def parallelize(
     device: torch.device,
     param_dtype: torch.dtype,
     activation_checkpointing: bool = False,
-    compile_blocks: bool = False,
+    compile: bool = False,
 ) -> DeviceMesh:
     """Shard `world_model` (a submodule of `root`, whose forward computes the loss) with FSDP2, in place.
 
     Order matters: inner groups first (each transformer block, the encoder, the decoder), so that the
     root's group holds only what is left (embeddings, final layer) and its forward drives the rest.
+    `compile` compiles each of those groups in place (parameter names do not change): the blocks, and
+    the encoder and decoder, which every stage runs (the dynamics stages encode each window's frames).
     """
     # A block returns its attention (k, v) for the KV cache; they are views, which FSDP2 warns about in
     # case of in-place edits. Training never edits them, so the warning is noise on every step.
@@ -86,12 +88,14 @@ def parallelize(
     for i, block in enumerate(blocks):
         if activation_checkpointing:
             block = checkpoint_wrapper(block)  # keys keep their names: DCP strips the wrapper prefix
-        if compile_blocks:
+        if compile:
             block.compile()  # in place, so parameter names do not change
         fully_shard(block, mesh=mesh, mp_policy=mp)
         blocks[i] = block
-    fully_shard(world_model.tokenizer.encoder, mesh=mesh, mp_policy=mp)
-    fully_shard(world_model.tokenizer.decoder, mesh=mesh, mp_policy=mp)
+    for part in (world_model.tokenizer.encoder, world_model.tokenizer.decoder):
+        if compile:
+            part.compile()
+        fully_shard(part, mesh=mesh, mp_policy=mp)
     fully_shard(root, mesh=mesh, mp_policy=mp)
     return mesh
 
