@@ -89,7 +89,9 @@ def main() -> None:
             truth = blocks[:, 1]
             absent = [name for k, name in enumerate(COLOURS) if not (truth == k).any()]
             if absent:
-                raise SystemExit(f"--frames {args.frames}: no block of colour {', '.join(absent)} in these scenes; use more")
+                raise SystemExit(
+                    f"--frames {args.frames}: no block of colour {', '.join(absent)} in these scenes; use more"
+                )
             real = patches(frames, blocks)
             reference = np.array([np.median(real[truth == k], axis=0) for k in range(len(COLOURS))])
         with torch.inference_mode():

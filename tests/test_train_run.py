@@ -279,7 +279,8 @@ def test_compiled_tokenizer_stage_matches_eager(data, out, tmp_path):
     run(python_cmd(*args, "job.name=tok_eager"), env)
     run(python_cmd(*args, "job.name=tok_compiled", "trainer.compile=true"), env)
     eager, compiled = (
-        [m["loss"] for m in metrics(job_dir(out, name)) if "loss" in m] for name in ("tok_eager", "tok_compiled")
+        [m["loss"] for m in metrics(job_dir(out, name)) if "loss" in m]
+        for name in ("tok_eager", "tok_compiled")
     )
     assert len(eager) == len(compiled) == 4
     assert compiled == pytest.approx(eager, rel=1e-3), (eager, compiled)
