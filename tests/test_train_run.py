@@ -109,6 +109,25 @@ def test_resume_after_kill_mid_save_matches_uninterrupted_run(data, out, referen
     assert all(torch.equal(ref_opt[k], got_opt[k]) for k in ref_opt)
 
 
+def test_stop_after_minutes_then_rerun_matches_uninterrupted_run(data, out, reference, tmp_path):
+    """trainer.stop_after_minutes stops both ranks at the same logging step with a checkpoint and the lr
+    schedule untouched; the same command again (no limit) ends with the uninterrupted run's weights."""
+    args = ("experiment=bridge_tiny", f"dataset.root={data}", "job.name=chunked", *RUN_ARGS)
+    first = run(torchrun_cmd(2, *args, "trainer.stop_after_minutes=1e-6"), train_env(out))
+    assert "stopped at iteration 1 of 30" in first.stdout, first.stdout[-2000:]
+    ckpts = job_dir(out, "chunked") / "checkpoints"
+    assert (ckpts / "latest_checkpoint.txt").read_text().strip() == "iter_000000001"
+    assert not any("val_loss" in m for m in metrics(job_dir(out, "chunked")))  # no validation at a stop
+    second = run(torchrun_cmd(2, *args), train_env(out))
+    assert "resumed from" in second.stdout and "iteration 1)" in second.stdout
+    for part in ("model", "optim"):
+        ref = load_dcp(reference / "checkpoints" / "iter_000000030" / part, tmp_path)
+        got = load_dcp(ckpts / "iter_000000030" / part, tmp_path)
+        assert ref.keys() == got.keys()
+        unequal = [k for k in ref if not torch.equal(ref[k], got[k])]
+        assert not unequal, f"chunked run's {part} differs from the uninterrupted one in {unequal[:5]}"
+
+
 def test_action_stage_starts_from_tokenizer_checkpoint(data, out, tmp_path):
     env = train_env(out)
     run(python_cmd("experiment=bridge_tiny_tokenizer", f"dataset.root={data}", "job.name=tok",

@@ -82,6 +82,10 @@ class TrainerConfig:
     # re-aimed at that step. For fixed-length leases (a GPU you hold for 10 minutes); a resumed run gets a
     # fresh budget. Exact resume holds only with 0.
     max_minutes: float = 0.0
+    # Stop this run after this many minutes (0 = never) with a checkpoint, the lr schedule left as it is
+    # (it still ends at max_iter): for a machine that allows N minutes per command, run the same command
+    # again to continue (exact resume). Checked at logging steps, so it stops within log_every steps.
+    stop_after_minutes: float = 0.0
 
 
 @dataclass
@@ -257,6 +261,7 @@ def check_config(cfg: TrainConfig) -> None:
     need(t.weight_decay >= 0, "trainer.weight_decay", "must be >= 0")
     need(t.warmup_iter >= 0, "trainer.warmup_iter", "must be >= 0")
     need(t.max_minutes >= 0, "trainer.max_minutes", "must be >= 0 (0 = no wall-clock budget)")
+    need(t.stop_after_minutes >= 0, "trainer.stop_after_minutes", "must be >= 0 (0 = never stop early)")
     need(
         t.max_minutes == 0 or t.warmup_iter >= 2,
         "trainer.warmup_iter",

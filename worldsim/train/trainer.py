@@ -225,6 +225,7 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
     window_t0, window_steps, loss_sum, logs_sum = time.perf_counter(), 0, 0.0, {}
     finite = torch.ones((), dtype=torch.bool, device=device)  # every grad norm since the last check
     run_t0 = time.perf_counter()
+    chunk_over = False
     for step in range(start + 1, t.max_iter + 1):
         if step > last_iter:
             break
@@ -267,11 +268,16 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
         if logging:
             dt = time.perf_counter() - window_t0
             keys = sorted(logs_sum)
-            totals = torch.stack([torch.as_tensor(loss_sum, device=device)] + [logs_sum[k] for k in keys]).to(
-                torch.float64
-            )
+            late = t.stop_after_minutes > 0 and time.perf_counter() - run_t0 > t.stop_after_minutes * 60
+            totals = torch.stack(
+                [torch.as_tensor(loss_sum, device=device)]
+                + [logs_sum[k] for k in keys]
+                + [torch.tensor(float(late), device=device)]  # ranks that want to stop: any of them decides
+            ).to(torch.float64)
             dist.all_reduce(totals)
-            totals = (totals / (info.world_size * window_steps)).tolist()
+            # trainer.stop_after_minutes reached: the all-reduce makes every rank stop at this step
+            chunk_over = bool(totals[-1] > 0) and step < last_iter
+            totals = (totals[:-1] / (info.world_size * window_steps)).tolist()
             windows = window_steps * t.grad_accum * t.batch_size * info.world_size
             record: dict[str, Any] = {
                 "iter": step,
@@ -296,7 +302,7 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
             window_t0, window_steps, loss_sum, logs_sum = time.perf_counter(), 0, 0.0, {}
         bar.update(1)
 
-        if t.val_every and (step % t.val_every == 0 or step == last_iter):
+        if t.val_every and (step % t.val_every == 0 or step == last_iter) and not chunk_over:
             record = {"iter": step, **validation_loss(root, fixed_val, device, t.seed)}
             # The decoder stage rolls out too: its decoder is what turns the dynamics' latents into frames.
             if cfg.stage != "tokenizer" and t.val_rollout_steps > 0:
@@ -309,7 +315,7 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
                 tqdm.write("validation: " + json.dumps({k: round(v, 4) for k, v in record.items()}))
             window_t0 = time.perf_counter()  # validation time is not training throughput
 
-        if saving:
+        if saving or chunk_over:
             trainer_state = {
                 "iteration": step,
                 "epoch": stream.position.epoch,
@@ -326,8 +332,17 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
             }
             manager.save(step, model, optimizer, scheduler, ema, trainer_state, meta)
             window_t0 = time.perf_counter()
+        if chunk_over:
+            break
     bar.close()
     log.close()
     if main:
-        print(f"worldsim-train: done at iteration {last_iter}; checkpoints in {manager.dir}", flush=True)
+        if chunk_over:
+            print(
+                f"worldsim-train: stopped at iteration {step} of {last_iter} after trainer.stop_after_minutes="
+                f"{t.stop_after_minutes:g}; checkpoint in {manager.dir}: run the same command again to continue",
+                flush=True,
+            )
+        else:
+            print(f"worldsim-train: done at iteration {last_iter}; checkpoints in {manager.dir}", flush=True)
     return job_dir
