@@ -7,7 +7,7 @@
 #   WORK=/root/ws bash scripts/gpu_pipeline.sh            # writes everything under $WORK
 #
 # Environment knobs (minutes and counts): TRAIN_EPISODES TRAIN_SEED VAL_EPISODES GEN_MINUTES TOK_MINUTES
-# V2W_MINUTES ACT_MINUTES DEC_MINUTES WORKERS ACT_GPUS ACT_BATCH ACT_LR ACT_COMPILE ACTION_INIT RETOKENIZE SUCCESS_EPISODES
+# V2W_MINUTES ACT_MINUTES ACT_CHUNK ACT_ITERS DEC_MINUTES WORKERS ACT_GPUS ACT_BATCH ACT_LR ACT_COMPILE ACTION_INIT RETOKENIZE SUCCESS_EPISODES
 # SUCCESS_STEPS STOP_AFTER (=cache: only make the data). Logs go to $WORK/logs/*.log; progress lines to stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +31,11 @@ EXTRA=${EXTRA:-}  # extra dotted overrides for every training stage (e.g. a CPU 
 ACT_BATCH=${ACT_BATCH:-32}  # windows per GPU
 ACT_LR=${ACT_LR:-2e-4}
 ACT_GPUS=${ACT_GPUS:-1}  # action post-training on this many GPUs (torchrun, FSDP2)
-ACT_COMPILE=${ACT_COMPILE:-false}  # torch.compile each transformer block
+ACT_COMPILE=${ACT_COMPILE:-false}  # torch.compile the transformer blocks, the encoder and the decoder
+# ACT_CHUNK=N: action post-training as one schedule of ACT_ITERS steps run N minutes per invocation
+# (trainer.stop_after_minutes; rerun the script until the stage is done) instead of ACT_MINUTES in one go
+ACT_CHUNK=${ACT_CHUNK:-}
+ACT_ITERS=${ACT_ITERS:-7000}
 # Success model shipped beside the model (is_success in BridgeWorld-v0): BridgeSim episodes to
 # train it on (0 = skip), and its training steps.
 SUCCESS_EPISODES=${SUCCESS_EPISODES:-0}
@@ -66,6 +70,9 @@ train_stage() {
   shift
   "${launch[@]:-python}" -m worldsim.train experiment="$experiment" dataset.root="$DATA" "$@" $EXTRA \
     > "$WORK/logs/$name.log" 2>&1
+  local stopped
+  stopped=$(grep -o "stopped at iteration [0-9]* of [0-9]*" "$WORK/logs/$name.log" || true)
+  if [ -n "$stopped" ]; then say "$name: $stopped (trainer.stop_after_minutes); rerun the script to continue"; exit 0; fi
   touch "$WORK/logs/$name.done"
 }
 
@@ -121,8 +128,10 @@ fi
 if ! done_stage action; then
   INIT=${ACTION_INIT:-$(job bridge_small_video2world)/checkpoints}
   say "action post-training from $INIT"
+  BUDGET="trainer.max_minutes=$ACT_MINUTES"
+  if [ -n "$ACT_CHUNK" ]; then BUDGET="trainer.max_iter=$ACT_ITERS trainer.stop_after_minutes=$ACT_CHUNK"; fi
   train_stage action bridge_small_action python -m torch.distributed.run --standalone --nproc_per_node="$ACT_GPUS" -- \
-    dataset.num_workers=6 load_path="$INIT" $TOK_UNDER trainer.max_minutes="$ACT_MINUTES" trainer.batch_size="$ACT_BATCH" \
+    dataset.num_workers=6 load_path="$INIT" $TOK_UNDER $BUDGET trainer.batch_size="$ACT_BATCH" \
     trainer.lr="$ACT_LR" trainer.compile="$ACT_COMPILE" trainer.warmup_iter=200 trainer.val_every=1500 \
     checkpoint.save_iter=1500
 fi
