@@ -108,10 +108,11 @@ class Tokenizer(nn.Module):
 
     def _focused(self, err: torch.Tensor) -> torch.Tensor:
         """L1 + MSE with each pixel weighted by its own share of the frame's error (`recon_focus`)."""
-        per_pixel = err.abs() + err.pow(2)
+        abs_err = err.abs()
+        per_pixel = abs_err + err.pow(2)
         if self.cfg.recon_focus == 0:
             return per_pixel.mean()
-        size = err.detach().abs().mean(1, keepdim=True)  # (B, 1, H, W)
+        size = abs_err.detach().mean(1, keepdim=True)  # (B, 1, H, W)
         weight = (size / size.mean((2, 3), keepdim=True).clamp_min(1e-8)).pow(self.cfg.recon_focus)
         return (weight.clamp(max=50.0) * per_pixel).mean()
 
