@@ -1,13 +1,16 @@
-"""Open-loop fidelity of one model under several sampling schedules (Euler steps x time shift).
+"""Open-loop fidelity of one model under several sampling schedules (Euler steps x time shift x context noise).
 
 The number of denoising steps sets the speed of a step; the schedule's shift (SD3's, >1 spends the
-steps at high noise) costs nothing. This rolls the same val episodes out under each setting, with the
-same seeds, and prints PSNR / SSIM against the ground truth at a few horizons:
+steps at high noise) and the context noise (the flow time given to, and added to, the frames a new
+frame attends to; training draws it from U(0, context_noise_max)) cost nothing. This rolls the same
+val episodes out under each setting, with the same seeds, and prints PSNR / SSIM against the ground
+truth at a few horizons:
 
     python benchmarks/sampling_sweep.py --checkpoint checkpoints/bridge_small --data DATA --episodes 30 \\
-        --settings 4:1 2:6 2:10 3:6 --horizon 60
+        --settings 4:1 2:6 2:10 3:6 2:6:0.05 --horizon 60
 
-A setting is STEPS:SHIFT. Writes the rows as JSON with --out.
+A setting is STEPS:SHIFT[:CONTEXT_NOISE] (the checkpoint's context noise when left out). Writes the rows
+as JSON with --out.
 """
 
 from __future__ import annotations
@@ -24,12 +27,23 @@ from worldsim.eval.open_loop import evaluate_open_loop, make_dataset
 from worldsim.models.world_model import WorldModel, best_device, inference_dtype
 
 
-def parse_setting(text: str) -> tuple[int, float]:
+def parse_setting(text: str) -> tuple[int, float, float | None]:
+    """'2:6' -> (2, 6.0, None); '2:6:0.05' -> (2, 6.0, 0.05)."""
+    parts = text.split(":")
     try:
-        steps, shift = text.split(":")
-        return int(steps), float(shift)
+        if len(parts) not in (2, 3):
+            raise ValueError(text)
+        steps, shift = int(parts[0]), float(parts[1])
+        context = float(parts[2]) if len(parts) == 3 else None
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"setting {text!r}: expected STEPS:SHIFT, e.g. 2:6") from e
+        raise argparse.ArgumentTypeError(
+            f"setting {text!r}: expected STEPS:SHIFT[:CONTEXT_NOISE], e.g. 2:6 or 2:6:0.05"
+        ) from e
+    if steps < 1 or shift <= 0 or (context is not None and not 0 <= context < 1):
+        raise argparse.ArgumentTypeError(
+            f"setting {text!r}: steps >= 1, shift > 0 and context noise in [0, 1) are needed"
+        )
+    return steps, shift, context
 
 
 def main() -> None:
@@ -41,7 +55,9 @@ def main() -> None:
     p.add_argument("--split", default="val")
     p.add_argument("--episodes", type=int, default=30)
     p.add_argument("--horizon", type=int, default=60)
-    p.add_argument("--settings", nargs="+", type=parse_setting, default=[(4, 1.0), (2, 6.0), (3, 6.0)])
+    p.add_argument(
+        "--settings", nargs="+", type=parse_setting, default=[(4, 1.0, None), (2, 6.0, None), (3, 6.0, None)]
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=2)
@@ -59,17 +75,19 @@ def main() -> None:
         f"{len(dataset.episodes[: args.episodes])} episodes of {args.data} ({args.split}), {device}, {inference_dtype(device)}"
     )
     print(
-        "| steps | time_shift | "
+        "| steps | time_shift | context noise | "
         + " | ".join(f"PSNR h{h}" for h in horizons)
         + " | mean PSNR h1-H | SSIM h12 |"
     )
-    print("|---" * (len(horizons) + 4) + "|")
-    for steps, shift in args.settings:
-        model.cfg = dataclasses.replace(shipped, denoise_steps=steps, time_shift=shift)
+    print("|---" * (len(horizons) + 5) + "|")
+    for steps, shift, context in args.settings:
+        context = shipped.context_noise if context is None else context
+        model.cfg = dataclasses.replace(shipped, denoise_steps=steps, time_shift=shift, context_noise=context)
         r = evaluate_open_loop(model, dataset, args.horizon, args.episodes, args.batch_size, progress=False)
         row = {
             "denoise_steps": steps,
             "time_shift": shift,
+            "context_noise": context,
             "psnr": {h: float(np.nanmean(r.psnr[:, h - 1])) for h in horizons},
             "episodes_at": {h: int(np.isfinite(r.psnr[:, h - 1]).sum()) for h in horizons},
             "mean_psnr": float(np.nanmean(r.psnr)),
@@ -78,7 +96,9 @@ def main() -> None:
         rows.append(row)
         cells = " | ".join(f"{row['psnr'][h]:.2f}" for h in horizons)
         ssim = f"{row['ssim_h12']:.3f}" if row["ssim_h12"] is not None else "-"
-        print(f"| {steps} | {shift:g} | {cells} | {row['mean_psnr']:.2f} | {ssim} |", flush=True)
+        print(
+            f"| {steps} | {shift:g} | {context:g} | {cells} | {row['mean_psnr']:.2f} | {ssim} |", flush=True
+        )
     print(
         "episodes long enough for each horizon: "
         + ", ".join(f"h{h}: {n}" for h, n in rows[0]["episodes_at"].items())
