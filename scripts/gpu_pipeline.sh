@@ -10,8 +10,8 @@
 # V2W_MINUTES ACT_MINUTES ACT_CHUNK ACT_ITERS DEC_MINUTES WORKERS ACT_GPUS ACT_BATCH ACT_LR ACT_COMPILE ACTION_INIT RETOKENIZE SUCCESS_EPISODES
 # SUCCESS_STEPS STOP_AFTER (=cache: only make the data). Logs go to $WORK/logs/*.log; progress lines to stdout.
 #
-# Where one command may run only N minutes but a started process may outlive it (the device machine: a
-# process in its own session runs until the machine goes back), run a long stage detached and poll its log:
+# Where one command may run only N minutes but a process started in its own session (setsid) runs on after
+# the command returns, run a long stage detached and poll its log from later commands:
 #   setsid nohup env ACTION_INIT=checkpoints/bridge_small TRAIN_EPISODES=6000 TRAIN_SEED=7 ACT_BATCH=64 \
 #     ACT_LR=2e-4 ACT_COMPILE=true ACT_MINUTES=16 bash scripts/gpu_pipeline.sh > $WORK/pipeline.log 2>&1 < /dev/null &
 # (lease 9: one 16-minute schedule, no chunks). Otherwise ACT_CHUNK below splits the stage into commands.
