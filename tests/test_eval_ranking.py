@@ -65,6 +65,25 @@ def test_belief_pushes_a_block_ahead_of_low_closed_fingers():
     assert not belief.is_grasped("block_0")
 
 
+def test_belief_open_fingers_do_not_push_a_block():
+    # A grasp's descent: open fingers straddle the block at table height and jitter sideways. The believed
+    # block must stay put (it once walked away ahead of the fingers, with the policy chasing it).
+    belief = _belief()
+    open_ = np.array([0, 0, 0, 0, 0, 0, 1.0])
+    belief.observe(np.array([0.30, -0.004, 0.022, 0, 0, 0, 0]), open_)
+    belief.observe(np.array([0.30, 0.004, 0.022, 0, 0, 0, 0]), open_)
+    belief.observe(np.array([0.30, 0.010, 0.022, 0, 0, 0, 0]), open_)
+    np.testing.assert_allclose(belief.body_pos("block_0"), [0.30, 0.00, BLOCK_HALF])
+
+
+def test_noisy_policy_grasps_through_the_belief():
+    # Seed 2002 draws a lift task. With the sweep applied to open fingers too, every noisy policy failed
+    # every grasp task in both worlds, and the noisy levels were not graded at all.
+    episode = sim_policy_episode("noisy_0.5", 2002, 60, (48, 64), (32, 48))
+    assert episode["instruction"].startswith("lift"), episode["instruction"]
+    assert episode["success"]
+
+
 def test_expert_succeeds_in_bridgesim_through_the_belief():
     episodes = [sim_policy_episode("expert", 2000 + i, 60, (48, 64), (32, 48)) for i in range(2)]
     assert all(e["success"] for e in episodes)

@@ -106,8 +106,11 @@ class ObjectBelief:
                 if near and -0.01 < ee[2] - block[2] < 0.03:
                     self.held, self.offset = name, block - ee
                     return
+        # Only closed fingers sweep a block along: open ones straddle it (a grasp's descent), and a jitter
+        # there once walked the believed block away from the real one, step by step, with the policy
+        # chasing it (every noisy policy lost every grasp task that way).
         moved = ee[1] - previous[1]
-        if ee[2] < 2 * BLOCK_HALF + 0.01 and abs(moved) > 1e-4:
+        if closed and ee[2] < 2 * BLOCK_HALF + 0.01 and abs(moved) > 1e-4:
             for name in BLOCK_NAMES:
                 block = self.positions[name]
                 if abs(block[0] - ee[0]) < FINGER_CONTACT and abs(block[1] - ee[1]) < FINGER_CONTACT:
