@@ -46,6 +46,7 @@ class Args:
     warmup: int = 3  # untimed steps per point
     steps: int = 30  # timed steps per point
     max_seconds: float = 60.0  # stop timing a point after this long (at least 2 steps)
+    profile_steps: int = 0  # after timing each vector point, profile this many more steps: where a step goes
     out: Path = Path("benchmarks/results/env_speed.json")
 
 
@@ -81,6 +82,30 @@ def time_steps(env, actions: np.ndarray, args: Args) -> dict:
     seconds = time.perf_counter() - start
     worlds = getattr(env, "num_envs", 1)
     return {"steps": done, "ms_per_step": 1000 * seconds / done, "frames_per_s": worlds * done / seconds}
+
+
+def breakdown(env, actions: np.ndarray, steps: int) -> dict[str, float]:
+    """Wall time per step in the env's labelled parts (`record_function` ranges named "worlds: ..." and
+    "vector env: ..."), from the profiler over `steps` more steps; the parts wait for the device where
+    they read its results, so their times add up to about a step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            env.step(actions[i % len(actions)])
+    start = time.perf_counter()
+    for i in range(steps):
+        env.step(actions[i % len(actions)])
+    total = (time.perf_counter() - start) / steps * 1e3  # the same steps, unprofiled
+    parts = {
+        e.key: e.cpu_time_total / 1e3 / steps
+        for e in prof.key_averages()
+        if e.key.startswith(("worlds: ", "vector env: "))
+    }
+    print(f"{'':8} breakdown over {steps} steps (ms per step; unprofiled step {total:.2f} ms):", flush=True)
+    for key, ms in sorted(parts.items(), key=lambda kv: -kv[1]):
+        print(f"{'':10} {key:34} {ms:8.2f}", flush=True)
+    return {"step": total, **parts}
 
 
 def device_name(device: torch.device) -> str:
@@ -124,6 +149,8 @@ def main(args: Args) -> dict:
                 {"env": "vector", "device": device.type, "num_envs": n, **time_steps(env, actions, args)}
             )
             print_row(rows[-1])
+            if args.profile_steps:
+                rows[-1]["breakdown_ms_per_step"] = breakdown(env, actions, args.profile_steps)
             del env  # free its KV cache before the next, larger one
     result = {
         "benchmark": "env_speed",

@@ -58,6 +58,7 @@ class Args:
     num_envs: tuple[int, ...] = (1, 16, 64, 256, 1024)
     threads: int = 2  # torch CPU threads
     repeats: int = 20
+    success_variants: bool = False  # CUDA: also time the success model channels-last, compiled, in bf16
     out: Path = Path("benchmarks/results/host_overhead.json")
 
 
@@ -146,7 +147,48 @@ def time_point(
             row["estimate_ms"] = median_ms(lambda: success._run(frames), args.repeats, device)
         row["estimate_max_difference"] = float(difference)
         row["estimate_ratio"] = row["estimate_eager_ms"] / row["estimate_ms"]
+        if args.success_variants:
+            row.update(success_variants(success, frames, args.repeats, device))
     return row
+
+
+def success_variants(
+    success: SuccessModel, frames: torch.Tensor, repeats: int, device: torch.device
+) -> dict[str, float]:
+    """Other ways to run the success model on a batch of frames: channels-last, torch.compile (fp32),
+    and bf16 autocast; ms each and the largest difference from the eager fp32 output."""
+    import copy
+
+    from worldsim.models.rollout import _to_model_frames
+
+    out: dict[str, float] = {}
+    net = success.net
+    channels_last = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    compiled = torch.compile(copy.deepcopy(net), dynamic=False)
+
+    def run(model: torch.nn.Module, layout=torch.contiguous_format, bf16: bool = False):
+        x = _to_model_frames(frames, device, torch.float32).contiguous(memory_format=layout)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            p, g = model(x)
+        return torch.cat([p, torch.sigmoid(g)[..., None]], dim=-1).float()
+
+    with torch.inference_mode():
+        reference = run(net)
+        for name, fn in {
+            "channels_last": lambda: run(channels_last, torch.channels_last),
+            "compiled": lambda: run(compiled),
+            "bf16": lambda: run(net, bf16=True),
+            "compiled_bf16": lambda: run(compiled, bf16=True),
+        }.items():
+            difference = (fn() - reference).abs().max()  # also the compile, outside the timing
+            out[f"estimate_{name}_ms"] = median_ms(fn, repeats, device)
+            out[f"estimate_{name}_max_difference"] = float(difference)
+            print(
+                f"{'':>5} success model {name}: {out[f'estimate_{name}_ms']:.3f} ms, max difference "
+                f"{float(difference):.2e}",
+                flush=True,
+            )
+    return out
 
 
 def main(args: Args) -> dict:

@@ -18,6 +18,7 @@ import torch
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
+from torch.profiler import record_function
 
 from worldsim.envs import MAX_EPISODE_STEPS
 from worldsim.envs.worlds import _SEED_HIGH, _Worlds, resize_images  # noqa: F401  (resize_images: public)
@@ -307,6 +308,7 @@ class BridgeWorldVectorEnv(VectorEnv):
     def render(self) -> np.ndarray | None:
         return self.worlds.images.copy() if self.render_mode == "rgb_array" else None
 
+    @record_function("vector env: reset worlds")
     def _reset_worlds(self, idx: np.ndarray, options: dict[str, Any]) -> None:
         starts, seeds = [], []
         for i in idx:  # per world: the start first, then the noise seed, as BridgeWorldEnv.reset draws them

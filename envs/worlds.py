@@ -12,6 +12,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from worldsim.data.actions import euler2rotm, rotm2euler
 from worldsim.data.bridge import Episode, load_episode
@@ -95,13 +96,18 @@ class _Worlds:
             context_noise=context_noise,
         )
         self.start_frames = WorldModel.start_frames(checkpoint)
-        self.success = _success_model(success_model, checkpoint, self.model_size, self.rollout.device)
+        self.success = _success_model(
+            success_model, checkpoint, self.model_size, self.rollout.device, compile=compile
+        )
         self.instructions: list[str | None] = [None] * num_worlds  # the task of each world, if known
         # each world's instruction as the success model reads it (`task_code`, parsed once per text):
         # the task's index in its cfg.tasks, -1 where it reads none, and the target block's keypoint
         self.tasks = np.full(num_worlds, -1, dtype=np.int64)
         self.keypoints = np.zeros(num_worlds, dtype=np.int64)
-        self.start_state: SceneEstimate | None = None  # success model's estimate of each start frame
+        # the success model's estimates of each world's start frame and of its current frame
+        self.start_state: SceneEstimate | None = None
+        self.now_state: SceneEstimate | None = None
+        self._pinned: dict[tuple[int, ...], torch.Tensor] = {}  # host staging buffers (CUDA)
         self.clip_warn = clip_warn
         self._clip_warned = False
         self._episode: tuple[tuple[str, int], Episode, np.ndarray] | None = None  # last decoded episode
@@ -171,11 +177,13 @@ class _Worlds:
         ee = np.concatenate([episode.state[frame, :6], [episode.continuous_gripper_state[frame]]])
         return frames[frame], ee, episode.texts
 
+    @record_function("worlds: reset")
     def reset(self, idx: np.ndarray, starts: list[Start], seeds: list[int]) -> None:
         """Start worlds `idx` from `starts` (image, ee_state, instruction), noise streams seeded by `seeds`."""
         frames = np.stack([resize_images(image[None], self.model_size)[0] for image, _, _ in starts])
-        self.rollout.seed_worlds(seeds, idx)
-        self.rollout.reset(frames, which=idx)
+        with record_function("worlds: reset: rollout"):
+            self.rollout.seed_worlds(seeds, idx)
+            self.rollout.reset(frames, which=idx)
         for i, (image, ee, instruction) in zip(idx, starts):
             self.images[i] = resize_images(image[None], self.size)[0]
             self.xyz[i], self.rotation[i], self.gripper[i] = ee[:3], euler2rotm(ee[3:6]), ee[6]
@@ -183,13 +191,16 @@ class _Worlds:
             if self.success is not None:
                 self.tasks[i], self.keypoints[i] = task_code(instruction, self.success.cfg)
         if self.success is not None:
-            estimate = self.success.estimate(frames)
+            with record_function("worlds: reset: success model"):
+                estimate = self.success.estimate(frames)
             if self.start_state is None:
                 B, K = len(self.steps), self.success.cfg.keypoints
-                self.start_state = SceneEstimate(
-                    np.zeros((B, K, 3)), np.zeros((B, K)), self.success.cfg.colours
+                self.start_state, self.now_state = (
+                    SceneEstimate(np.zeros((B, K, 3)), np.zeros((B, K)), self.success.cfg.colours)
+                    for _ in range(2)
                 )
-            self.start_state.positions[idx], self.start_state.grasp[idx] = estimate.positions, estimate.grasp
+            for state in (self.start_state, self.now_state):
+                state.positions[idx], state.grasp[idx] = estimate.positions, estimate.grasp
         self.steps[idx] = 0
         self.started = True
 
@@ -198,23 +209,18 @@ class _Worlds:
         """(B,) bool: worlds whose instruction the success model reads (a real Bridge text usually is not)."""
         return self.tasks >= 0
 
+    @record_function("worlds: success flags")
     def success_flags(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(is_success (B,), judged (B,)) for the current frames: the success model applied to worlds whose
-        instruction it can read (`judged`); None without a success model."""
+        instruction it can read (`judged`); None without a success model. The frames were estimated when
+        they were made (`reset`, `step`)."""
         if self.success is None:
             return None
         judged = self.judged
         flags = np.zeros(len(judged), dtype=bool)
         idx = np.flatnonzero(judged)
         if len(idx) and self.start_state is not None:
-            # A world not stepped since its reset shows its start frame, estimated at reset; the others'
-            # frames are the rollout's last step, still on the model's device.
-            now = self.start_state[idx]
-            stepped = self.steps[idx] > 0
-            if stepped.any():
-                moved = self.success.estimate(self.rollout.frames[torch.as_tensor(idx[stepped])])
-                now.positions[stepped], now.grasp[stepped] = moved.positions, moved.grasp
-            start = self.start_state[idx]
+            now, start = self.now_state[idx], self.start_state[idx]
             flags[idx] = self.success.judge_tasks(now, start, self.tasks[idx], self.keypoints[idx])
         return flags, judged
 
@@ -253,15 +259,42 @@ class _Worlds:
             # compiled). Larger batches are compute-bound and a captured graph pins its peak memory, so
             # they stay eager.
             self.rollout.enable_cuda_graph()
+        with record_function("worlds: rollout step"):
+            frames = self.rollout.step_device(actions)
+        idx = np.flatnonzero(self.judged) if self.success is not None else np.zeros(0, dtype=np.int64)
+        estimate = None
+        if len(idx):
+            # The success model's work is queued behind the step's, and its result copied to the host
+            # before the frames: one wait for both (on CUDA; a CPU runs them in order anyway).
+            with record_function("worlds: success model"):
+                chosen = (
+                    frames if len(idx) == len(frames) else frames[torch.as_tensor(idx, device=frames.device)]
+                )
+                estimate = self._host_async(self.success.launch(chosen))
         # copy=False: a view of the rollout's staging buffer (the next step overwrites it); _obs and
         # render copy
-        self.images = resize_images(self.rollout.step(actions, copy=False), self.size)
+        with record_function("worlds: frames to host"):
+            self.images = resize_images(self.rollout.to_host(frames, copy=False), self.size)
+        if estimate is not None:
+            now = self.success.scene(estimate.numpy())
+            self.now_state.positions[idx], self.now_state.grasp[idx] = now.positions, now.grasp
         # integrate_actions (worldsim/data/actions.py), one step batched over worlds: the pose moves in
         # the current gripper frame, the gripper state becomes the command's closure.
         self.xyz = self.xyz + np.einsum("bij,bj->bi", self.rotation, actions[:, 0:3])
         self.rotation = self.rotation @ euler2rotm(actions[:, 3:6])
         self.gripper = 1.0 - actions[:, 6]
         self.steps += 1
+
+    def _host_async(self, x: torch.Tensor) -> torch.Tensor:
+        """A host copy of device tensor x, queued on its stream (the next wait for that stream covers it)
+        into a pinned buffer reused by later calls of the same shape; x itself on a CPU."""
+        if x.device.type != "cuda":
+            return x
+        buf = self._pinned.get(tuple(x.shape))
+        if buf is None or buf.dtype != x.dtype:
+            buf = self._pinned[tuple(x.shape)] = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+        buf.copy_(x, non_blocking=True)
+        return buf
 
     def ee_states(self) -> np.ndarray:
         """(B, 7) float64 commanded poses: x, y, z, roll, pitch, yaw, gripper (1 = closed)."""
@@ -273,17 +306,18 @@ def _success_model(
     checkpoint: str | Path | None,
     size: tuple[int, int],
     device: torch.device,
+    compile: bool = False,
 ) -> SuccessModel | None:
-    """The success model an env uses, on the world model's device: "auto" = the bundle's
-    `success.safetensors` if it ships one, None = none, a path = that file or folder, or a loaded
-    `SuccessModel` (used where it is)."""
+    """The success model an env uses, on the world model's device (compiled for large batches with the
+    env's `compile`): "auto" = the bundle's `success.safetensors` if it ships one, None = none, a path =
+    that file or folder, or a loaded `SuccessModel` (used where and as it is)."""
     if choice is None or isinstance(choice, SuccessModel):
         model = choice
     elif isinstance(choice, str) and choice == "auto":
         file = resolve_weights(checkpoint).parent / SUCCESS_WEIGHTS
-        model = load_success_model(file, device) if file.exists() else None
+        model = load_success_model(file, device, compile=compile) if file.exists() else None
     else:
-        model = load_success_model(choice, device)
+        model = load_success_model(choice, device, compile=compile)
     if model is not None and (model.cfg.height, model.cfg.width) != tuple(size):
         raise ValueError(
             f"success_model: it sees {model.cfg.height}x{model.cfg.width} frames, the world model makes "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
@@ -160,4 +161,40 @@ def test_vector_env_judges_each_world_and_autoresets_the_successful_ones(world_b
     assert terminated.all() and (rewards == 1.0).all() and info["is_success"].all()
     _, _, terminated, _, info = envs.step(np.zeros((3, 7), np.float32))  # autoreset step
     assert not terminated.any() and (info["frame_index"] == 0).all()
+    envs.close()
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))],
+)
+def test_success_estimates_are_of_the_frames_the_env_returns(world_bundle, device):
+    """The env estimates each judged world's frame as the step makes it (on CUDA queued behind the step
+    and read back with the frames, one wait): the estimates are those of the observed images, for a mix
+    of judged worlds and one whose instruction the success model cannot read."""
+    from worldsim.eval.success import StateNet, SuccessConfig, SuccessModel
+
+    torch.manual_seed(0)
+    success = SuccessModel(StateNet(SuccessConfig(height=32, width=48)), device)
+    envs = gym.make_vec(
+        "BridgeWorld-v0",
+        num_envs=3,
+        vectorization_mode="vector_entry_point",
+        checkpoint=world_bundle,
+        device=device,
+        dtype="float32",
+        success_model=success,
+    )
+    image = np.full((32, 48, 3), 100, np.uint8)
+    envs.reset(seed=0, options={"image": image, "ee_state": np.zeros(7), "instruction": "lift the red block"})
+    mask = np.array([False, True, False])
+    envs.reset(options={"image": image, "ee_state": np.zeros(7), "reset_mask": mask})  # no instruction
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        obs, _, _, _, info = envs.step(rng.uniform(ACTION_LOW, ACTION_HIGH, (3, 7)).astype(np.float32))
+        np.testing.assert_array_equal(info["_is_success"], ~mask)
+        expected = success.estimate(obs["image"])
+        now = envs.unwrapped.worlds.now_state
+        np.testing.assert_allclose(now.positions[~mask], expected.positions[~mask], atol=1e-4)
+        np.testing.assert_allclose(now.grasp[~mask], expected.grasp[~mask], atol=1e-5)
     envs.close()

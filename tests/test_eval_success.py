@@ -162,6 +162,20 @@ def test_cuda_graphs_small_batches_padded_to_powers_of_two_and_runs_large_ones_e
     assert sorted(gpu._graphs) == [1, 4, 8, 64]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.compile of the success model is for CUDA")
+def test_compiled_success_model_runs_large_batches_padded_and_agrees_with_the_eager_one():
+    cfg = SuccessConfig(height=48, width=64, input_pool=1, channels=(16, 16, 32, 32), hidden=32)
+    torch.manual_seed(0)
+    net = StateNet(cfg)
+    frames = np.random.default_rng(0).integers(0, 256, (300, 48, 64, 3), dtype=np.uint8)
+    compiled, eager = SuccessModel(copy.deepcopy(net), "cuda", compile=True), SuccessModel(net, "cuda")
+    assert compiled.chunk == 1024
+    for b in (3, 100, 300):  # the graph of 4; compiled at 128 and 512 (padded)
+        got, want = compiled.estimate(frames[:b]), eager.estimate(frames[:b])
+        np.testing.assert_allclose(got.positions, want.positions, atol=1e-4)
+        np.testing.assert_allclose(got.grasp, want.grasp, atol=1e-4)
+
+
 def test_classification_metrics_on_known_predictions():
     m = classification_metrics(np.array([1, 1, 0, 0, 0, 1], bool), np.array([1, 0, 0, 0, 1, 1], bool))
     assert m["accuracy"] == pytest.approx(4 / 6, abs=1e-4)

@@ -223,19 +223,40 @@ class SuccessModel:
     # kernels: 1.9 -> 0.25 ms for one frame on an H100), one per power of two (a batch is padded up to
     # it: autoresets come in every size, and each new size would capture a graph); larger batches are
     # compute-bound and run eagerly (graphed chunks of 64 measured 0.8-0.9x eager at 256-1024 frames).
-    # fp32 throughout: the model was validated in fp32, and bf16 would move flags near the thresholds.
+    # fp32 throughout: the model was validated in fp32, and bf16 would move flags near the thresholds
+    # (measured on an H200: 8e-4 off in bf16 and no faster; compiled fp32 6e-6 off).
     GRAPH_MAX_BATCH = 64
 
-    def __init__(self, net: StateNet, device: str | torch.device = "cpu") -> None:
+    def __init__(self, net: StateNet, device: str | torch.device = "cpu", compile: bool = False) -> None:
+        """compile (CUDA): batches above GRAPH_MAX_BATCH run through `torch.compile` (fused GroupNorm and
+        SiLU; on an H200 256 frames 2.4 -> 1.5 ms, 1024 frames 8.3 -> 4.0 ms, `benchmarks/host_overhead.py
+        --success-variants`), padded to a power of two so that only a few shapes compile (each once,
+        tens of seconds), in one chunk of up to 1024 frames."""
         self.cfg = net.cfg
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self._graphs: dict[int, GraphedCall] = {}
+        self._compiled = None
+        if compile and self.device.type == "cuda":
+            self._compiled = torch.compile(self._forward, dynamic=False)
+        self.chunk = 1024 if self._compiled is not None else 256  # frames per forward in `launch`
 
-    @torch.inference_mode()
-    def estimate(self, frames: np.ndarray | torch.Tensor, chunk: int = 256) -> SceneEstimate:
+    def estimate(self, frames: np.ndarray | torch.Tensor, chunk: int | None = None) -> SceneEstimate:
         """Block and bowl positions (metres) and grasp probabilities of uint8 frames (B, H, W, 3), a
         numpy array or a tensor (on the model's device, it is not copied through the host)."""
+        return self.scene(self.launch(frames, chunk).cpu().numpy())
+
+    def scene(self, raw: np.ndarray) -> SceneEstimate:
+        """The `SceneEstimate` of `launch`'s output, brought to the host: float32 (B, K, 4)."""
+        positions, grasp = raw[..., :3], raw[..., 3]
+        return SceneEstimate(positions * POSITION_SCALE + np.array(POSITION_MEAN), grasp, self.cfg.colours)
+
+    @torch.inference_mode()
+    def launch(self, frames: np.ndarray | torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """`estimate` up to the host copy: float32 (B, K, 4) on the model's device (normalised positions,
+        grasp probabilities), its work perhaps still queued there; `scene` reads it once on the host.
+        Frames go through the network `chunk` at a time (default `self.chunk`)."""
+        chunk = chunk or self.chunk
         if not isinstance(frames, torch.Tensor):
             frames = np.asarray(frames)
         expected = (self.cfg.height, self.cfg.width, 3)
@@ -244,21 +265,23 @@ class SuccessModel:
             raise ValueError(
                 f"frames must be uint8 (B, {expected}), got {frames.dtype} {tuple(frames.shape)}"
             )
-        K = self.cfg.keypoints
         parts = [self._run(frames[i : i + chunk]) for i in range(0, len(frames), chunk)]
-        out = torch.cat(parts).float().cpu().numpy() if parts else np.zeros((0, K, 4), np.float32)
-        positions, grasp = out[..., :3], out[..., 3]
-        return SceneEstimate(positions * POSITION_SCALE + np.array(POSITION_MEAN), grasp, self.cfg.colours)
+        if not parts:
+            return torch.zeros((0, self.cfg.keypoints, 4), device=self.device)
+        return (torch.cat(parts) if len(parts) > 1 else parts[0]).float()
 
     def _run(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 (b, H, W, 3) -> (b, K, 4) on the device: normalised position, grasp probability."""
         b = len(frames)
-        if self.device.type != "cuda" or b > self.GRAPH_MAX_BATCH:
+        graphed = b <= self.GRAPH_MAX_BATCH
+        if self.device.type != "cuda" or not (graphed or self._compiled is not None):
             return self._forward(frames)
         x = torch.as_tensor(frames).to(self.device, non_blocking=True)
-        size = 1 << (b - 1).bit_length()  # 1, 2, 4, ... GRAPH_MAX_BATCH
+        size = 1 << (b - 1).bit_length()  # 1, 2, 4, ...
         if size > b:  # pad with copies of the last frame; each frame's estimate is its own
             x = torch.cat([x, x[-1:].expand(size - b, *x.shape[1:])])
+        if not graphed:
+            return self._compiled(x)[:b]
         if size not in self._graphs:
             self._graphs[size] = GraphedCall(self._forward, [x])
         return self._graphs[size](x)[:b].clone()  # the graph's buffer: the next replay overwrites it
@@ -346,8 +369,11 @@ class SuccessModel:
         return file
 
 
-def load_success_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> SuccessModel:
-    """Load `success.safetensors` from a bundle folder (or the file itself); never unpickles code."""
+def load_success_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu", compile: bool = False
+) -> SuccessModel:
+    """Load `success.safetensors` from a bundle folder (or the file itself); never unpickles code.
+    compile: see `SuccessModel`."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -368,7 +394,7 @@ def load_success_model(path: str | os.PathLike, device: str | torch.device = "cp
         raise ValueError(f"{file}: metadata 'config' is missing or not a SuccessConfig: {e}") from e
     net = StateNet(cfg)
     net.load_state_dict(load_file(str(file)))
-    return SuccessModel(net, device)
+    return SuccessModel(net, device, compile=compile)
 
 
 # ----------------------------------------------------------------------------- labelled sim frames

@@ -67,36 +67,57 @@ class GraphedAdvance:
     """`Rollout.advance` for the rollout's batch size, captured twice: with the cache's attention mask
     (while some worlds' ring slots are still empty: after a reset) and without (every slot valid, the
     steady state; SDPA then takes its faster unmasked kernels: 8-14% of a pass at batch 512 on an
-    H100). Both share one memory pool."""
+    H100). Both share one memory pool.
+
+    When the worlds have their own noise streams (`Rollout.seed_worlds`), the step's two draws run inside
+    the graph, on the streams' keys and counters in place: a step is then one launch with the actions as
+    its only input (`draws_noise`). Otherwise the noise is drawn from the shared generator outside and
+    copied in."""
 
     def __init__(self, rollout: Rollout, warmup: int = 2) -> None:
         self.rollout = r = rollout
         B, dev, dt = r.batch_size, r.device, r.dtype
-        inputs = [
-            torch.zeros(B, r.cfg.action_dim, device=dev, dtype=dt),  # actions
-            torch.zeros(B, 1, *r.latent_shape, device=dev, dtype=dt),  # noise
-            torch.zeros(B, *r.latent_shape, device=dev, dtype=dt) if r.context_noise > 0 else None,  # eps
-            torch.full((1,), r.frame_index, device=dev, dtype=torch.long),  # frame index
-        ]
-        # Warm-up and capture run the step for real; keep the cache and the valid slots as they were.
+        self.draws_noise = r.world_noise is not None
+        actions = torch.zeros(B, r.cfg.action_dim, device=dev, dtype=dt)
+        index = torch.full((1,), r.frame_index, device=dev, dtype=torch.long)  # the new frame's index
+        # Warm-up and capture run the step for real; keep the cache, the valid slots and the noise
+        # streams' counters as they were.
         state = r.cache_k + r.cache_v + [r.slot_valid]
+        if self.draws_noise:
+            state.append(r.world_noise.counters)
+            inputs = [actions, index]
+
+            def step(a: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None) -> Any:
+                noise, eps = r.world_draws()
+                return r.advance(a, noise, eps, index, mask)
+        else:
+            inputs = [
+                actions,
+                torch.zeros(B, 1, *r.latent_shape, device=dev, dtype=dt),  # noise
+                torch.zeros(B, *r.latent_shape, device=dev, dtype=dt) if r.context_noise > 0 else None,  # eps
+                index,
+            ]
+
+            def step(a, noise, eps, index, mask):  # type: ignore[misc]
+                return r.advance(a, noise, eps, index, mask)
+
         saved = [b.clone() for b in state]
-        self.masked = GraphedCall(
-            lambda a, noise, eps, index: r.advance(a, noise, eps, index, r.slot_mask()), inputs, warmup
-        )
-        self.full = GraphedCall(
-            lambda a, noise, eps, index: r.advance(a, noise, eps, index, None),
-            inputs,
-            warmup,
-            pool=self.masked.graph.pool(),
-        )
+        self.masked = GraphedCall(lambda *xs: step(*xs, r.slot_mask()), inputs, warmup)
+        self.full = GraphedCall(lambda *xs: step(*xs, None), inputs, warmup, pool=self.masked.graph.pool())
         for buf, old in zip(state, saved):
             buf.copy_(old)
 
     def replay(
-        self, actions: torch.Tensor, noise: torch.Tensor, eps: torch.Tensor | None, all_valid: bool
+        self,
+        actions: torch.Tensor,
+        noise: torch.Tensor | None,
+        eps: torch.Tensor | None,
+        all_valid: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run one step with these inputs (`all_valid`: every world's ring slots are filled); returns
-        (latents, uint8 frames), the graph's own output buffers: the next replay overwrites them."""
+        """Run one step with these inputs (`all_valid`: every world's ring slots are filled; noise and
+        eps None when the graph `draws_noise`); returns (latents, uint8 frames), the graph's own output
+        buffers: the next replay overwrites them."""
         call = self.full if all_valid else self.masked
+        if self.draws_noise:
+            return call(actions, self.rollout.frame_index)
         return call(actions, noise, eps, self.rollout.frame_index)

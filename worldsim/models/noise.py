@@ -120,11 +120,16 @@ class WorldNoise:
 
     @torch.inference_mode()
     def draw(
-        self, shape: tuple[int, ...], idx: torch.Tensor | None = None, dtype: torch.dtype = torch.float32
+        self,
+        shape: tuple[int, ...],
+        idx: torch.Tensor | None = None,
+        dtype: torch.dtype = torch.float32,
+        graphed: bool = True,
     ) -> torch.Tensor:
         """The next draw of standard normals of `shape` for worlds `idx` (default all), as
-        (len(idx), *shape) in `dtype`; advances those worlds' counters."""
-        if idx is None and self.device.type == "cuda":
+        (len(idx), *shape) in `dtype`; advances those worlds' counters. On CUDA a draw for all worlds
+        replays a graph of its own unless not `graphed` (inside another graph's capture)."""
+        if idx is None and graphed and self.device.type == "cuda":
             graph = self._graphed(tuple(shape), dtype)
             return graph().clone()  # the graph's buffer: the next replay overwrites it
         return self._draw(shape, idx, dtype)

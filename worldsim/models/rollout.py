@@ -131,7 +131,6 @@ class Rollout:
             self.world_noise = WorldNoise(self.batch_size, self.device)
         self.world_noise.seed(seeds, idx)
 
-    @torch.inference_mode()
     def step(
         self, actions: np.ndarray | torch.Tensor, env_convention: bool = True, copy: bool = True
     ) -> np.ndarray:
@@ -142,13 +141,26 @@ class Rollout:
         copy=False (CUDA): the frames are a view of a pinned staging buffer that the next step
         overwrites (for callers that copy them anyway: saves a host copy, 63 MB at batch 1024).
         """
+        return self.to_host(self.step_device(actions, env_convention), copy)
+
+    @torch.inference_mode()
+    def step_device(self, actions: np.ndarray | torch.Tensor, env_convention: bool = True) -> torch.Tensor:
+        """`step` without the copy to the host: the new uint8 frames (B, H, W, 3) on the model's device
+        (`self.frames`), the work perhaps still queued there. A caller can queue more work on them (a
+        success model, say) before one `to_host` waits for all of it."""
         if self.latents is None:
             raise RuntimeError("call reset(frames) before step(actions)")
         a = self._check_actions(actions, env_convention)  # (B, A)
         every = torch.arange(self.batch_size)
-        noise = self._noise((1, *self.latent_shape))  # (B, 1, C, h, w)
-        eps = self._noise(self.latent_shape) if self.context_noise > 0 else None  # commit noise
-        if self.cuda_graph is not None and self.use_cache and self.guidance == 1.0:
+        graphed = self.cuda_graph is not None and self.use_cache and self.guidance == 1.0
+        if graphed and self.cuda_graph.draws_noise != (self.world_noise is not None):
+            self.enable_cuda_graph()  # the worlds got their own noise streams since the capture
+        if graphed and self.cuda_graph.draws_noise:
+            noise = eps = None  # drawn inside the graph
+        else:
+            noise = self._noise((1, *self.latent_shape))  # (B, 1, C, h, w)
+            eps = self._noise(self.latent_shape) if self.context_noise > 0 else None  # commit noise
+        if graphed:
             all_valid = bool((self.committed >= self.window).all())
             latents, frames = self.cuda_graph.replay(a, noise, eps, all_valid)
             latents = latents.clone()  # the graph's buffer: the next replay overwrites it
@@ -162,11 +174,12 @@ class Rollout:
         self.latents, self.frames = latents, frames
         self.frame_index += 1
         self.committed += 1
-        return self._to_host(frames, copy)
+        return frames
 
-    def _to_host(self, frames: torch.Tensor, copy: bool = True) -> np.ndarray:
-        """Device uint8 frames -> numpy; on CUDA through a pinned buffer (a direct DMA, about twice as
-        fast as a copy to pageable memory for a batch of frames), copied out unless not `copy`."""
+    def to_host(self, frames: torch.Tensor, copy: bool = True) -> np.ndarray:
+        """Device uint8 frames -> numpy, waiting for the work queued before; on CUDA through a pinned
+        buffer (a direct DMA, about twice as fast as a copy to pageable memory for a batch of frames),
+        copied out unless not `copy` (then a view of the buffer, which the next call overwrites)."""
         if frames.device.type != "cuda":
             return frames.cpu().numpy()  # a new tensor every eager step: no copy needed
         if self._host_frames is None or self._host_frames.shape != frames.shape:
@@ -337,6 +350,18 @@ class Rollout:
             b = self.batch_size if idx is None else len(idx)
             return torch.randn(b, *shape, generator=self.generator, device=self.device, dtype=self.dtype)
         return self.world_noise.draw(shape, idx, self.dtype)
+
+    def world_draws(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One step's draws from the worlds' own streams, in `step`'s order: the denoising noise
+        (B, 1, C, h, w) and the commit noise (B, C, h, w) (None without context noise). Plain tensor ops
+        on the streams' buffers, so a CUDA graph of the step can hold them (`GraphedAdvance`)."""
+        if self.world_noise is None:
+            raise RuntimeError("world_draws needs the worlds' own noise streams (seed_worlds)")
+        noise = self.world_noise.draw((1, *self.latent_shape), dtype=self.dtype, graphed=False)
+        eps = None
+        if self.context_noise > 0:
+            eps = self.world_noise.draw(self.latent_shape, dtype=self.dtype, graphed=False)
+        return noise, eps
 
     def _cache_mask(self, idx: torch.Tensor) -> torch.Tensor | None:
         """`slot_mask` of worlds idx, or None when all their slots are valid (a host sync: eager paths)."""
