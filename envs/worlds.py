@@ -118,6 +118,7 @@ class _Worlds:
         self.rotation = np.tile(np.eye(3), (B, 1, 1))
         self.gripper = np.zeros(B)  # 1 = closed, as the data's continuous_gripper_state
         self.steps = np.zeros(B, dtype=np.int64)  # frames predicted since each world's reset
+        self._ee: np.ndarray | None = None  # ee_states() of the current poses, once computed
         self.started = False
 
     # ---------------------------------------------------------------------------------- starts
@@ -187,6 +188,7 @@ class _Worlds:
         for i, (image, ee, instruction) in zip(idx, starts):
             self.images[i] = resize_images(image[None], self.size)[0]
             self.xyz[i], self.rotation[i], self.gripper[i] = ee[:3], euler2rotm(ee[3:6]), ee[6]
+            self._ee = None
             self.instructions[i] = instruction
             if self.success is not None:
                 self.tasks[i], self.keypoints[i] = task_code(instruction, self.success.cfg)
@@ -271,6 +273,15 @@ class _Worlds:
                     frames if len(idx) == len(frames) else frames[torch.as_tensor(idx, device=frames.device)]
                 )
                 estimate = self._host_async(self.success.launch(chosen))
+        # While the device works: integrate_actions (worldsim/data/actions.py), one step batched over
+        # worlds: the pose moves in the current gripper frame, the gripper state becomes the command's
+        # closure.
+        self.xyz = self.xyz + np.einsum("bij,bj->bi", self.rotation, actions[:, 0:3])
+        self.rotation = self.rotation @ euler2rotm(actions[:, 3:6])
+        self.gripper = 1.0 - actions[:, 6]
+        self.steps += 1
+        self._ee = None
+        self.ee_states()
         # copy=False: a view of the rollout's staging buffer (the next step overwrites it); _obs and
         # render copy
         with record_function("worlds: frames to host"):
@@ -278,12 +289,6 @@ class _Worlds:
         if estimate is not None:
             now = self.success.scene(estimate.numpy())
             self.now_state.positions[idx], self.now_state.grasp[idx] = now.positions, now.grasp
-        # integrate_actions (worldsim/data/actions.py), one step batched over worlds: the pose moves in
-        # the current gripper frame, the gripper state becomes the command's closure.
-        self.xyz = self.xyz + np.einsum("bij,bj->bi", self.rotation, actions[:, 0:3])
-        self.rotation = self.rotation @ euler2rotm(actions[:, 3:6])
-        self.gripper = 1.0 - actions[:, 6]
-        self.steps += 1
 
     def _host_async(self, x: torch.Tensor) -> torch.Tensor:
         """A host copy of device tensor x, queued on its stream (the next wait for that stream covers it)
@@ -297,8 +302,11 @@ class _Worlds:
         return buf
 
     def ee_states(self) -> np.ndarray:
-        """(B, 7) float64 commanded poses: x, y, z, roll, pitch, yaw, gripper (1 = closed)."""
-        return np.concatenate([self.xyz, rotm2euler(self.rotation), self.gripper[:, None]], axis=1)
+        """(B, 7) float64 commanded poses: x, y, z, roll, pitch, yaw, gripper (1 = closed); a new array
+        each call (computed once per step or reset)."""
+        if self._ee is None:
+            self._ee = np.concatenate([self.xyz, rotm2euler(self.rotation), self.gripper[:, None]], axis=1)
+        return self._ee.copy()
 
 
 def _success_model(

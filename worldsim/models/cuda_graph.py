@@ -106,6 +106,8 @@ class GraphedAdvance:
         self.full = GraphedCall(lambda *xs: step(*xs, None), inputs, warmup, pool=self.masked.graph.pool())
         for buf, old in zip(state, saved):
             buf.copy_(old)
+        self.warmup = warmup
+        self._resets: dict[int, GraphedCall] = {}  # Rollout.commit_start per padded number of worlds
 
     def replay(
         self,
@@ -121,3 +123,28 @@ class GraphedAdvance:
         if self.draws_noise:
             return call(actions, self.rollout.frame_index)
         return call(actions, noise, eps, self.rollout.frame_index)
+
+    def reset(self, frames: Any, idx: torch.Tensor) -> torch.Tensor:
+        """`Rollout.commit_start` for a partial reset of worlds idx (b,) from uint8 start frames
+        (b, H, W, 3), as a graph per power of two of b (padded with copies of the last world and frame:
+        the same values written twice); returns the b worlds' latents (a fresh tensor).
+
+        A size's first call captures its graph with these very inputs: the warm-up runs do the reset for
+        real (writing the same cache entries the replay writes again), so only the noise streams'
+        counters, advanced by each run, are put back before the replay."""
+        r = self.rollout
+        b = len(idx)
+        size = 1 << (b - 1).bit_length()
+        x = torch.as_tensor(frames).to(r.device, non_blocking=True)
+        i = idx.to(r.device, non_blocking=True)
+        if size > b:
+            x = torch.cat([x, x[-1:].expand(size - b, *x.shape[1:])])
+            i = torch.cat([i, i[-1:].expand(size - b)])
+        index = torch.full((1,), r.frame_index, device=r.device, dtype=torch.long)
+        graph = self._resets.get(size)
+        if graph is None:
+            counters = r.world_noise.counters.clone()
+            graph = GraphedCall(r.commit_start, [x, i, index], self.warmup, pool=self.masked.graph.pool())
+            r.world_noise.counters.copy_(counters)
+            self._resets[size] = graph
+        return graph(x, i, index)[:b].clone()

@@ -92,6 +92,15 @@ class Rollout:
             raise ValueError(
                 f"reset frames must be ({len(idx)}, {self.cfg.height}, {self.cfg.width}, 3) uint8, got {tuple(frames.shape)}"
             )
+        if self._graphed_reset_applies(len(idx)):
+            # A vector env's autoreset of a few worlds, once the step is a CUDA graph: the same work as
+            # below, as one graph launch (`GraphedReset`) instead of hundreds of eager kernels.
+            self.frame_index -= 1  # as below: the start frame takes the place of the current frame
+            latents = self.cuda_graph.reset(frames, idx)
+            self.committed[idx.numpy()] = 1
+            self.latents[idx.to(self.device)] = latents
+            self.frame_index += 1
+            return
         latents = self.model.tokenizer.encode(x)  # (b, C, h, w)
         self.slot_valid[idx] = False
         # A partial reset puts the new start frame in place of these worlds' current frame (position
@@ -350,6 +359,53 @@ class Rollout:
             b = self.batch_size if idx is None else len(idx)
             return torch.randn(b, *shape, generator=self.generator, device=self.device, dtype=self.dtype)
         return self.world_noise.draw(shape, idx, self.dtype)
+
+    def _graphed_reset_applies(self, b: int) -> bool:
+        """Whether a reset of b worlds runs as a graph: a partial reset, with the step graphed and the
+        worlds' own noise streams (the shared generator cannot be replayed)."""
+        return (
+            self.cuda_graph is not None
+            and self.cuda_graph.draws_noise
+            and self.world_noise is not None
+            and self.use_cache
+            and self.latents is not None
+            and b < self.batch_size
+        )
+
+    def commit_start(self, frames: torch.Tensor, idx: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """A partial reset's work as tensor ops on fixed buffers (graph-capturable, like `advance`):
+        encode start frames, uint8 (b, H, W, 3) on the device, of worlds `idx` (b,) (a device tensor; a
+        world may repeat, with the same frame), and commit them at frame `index` (1,) with the mask of
+        their (now empty) ring slots, as `reset` and `_commit` do. Returns their latents (b, C, h, w)."""
+        dyn, b = self.model.dynamics, len(idx)
+        latents = self.model.tokenizer.encode(_to_model_frames(frames, self.device, self.dtype))
+        self.slot_valid.index_fill_(0, idx, False)
+        t = self._context_t(b)
+        z = latents[:, None]
+        if self.context_noise > 0:
+            eps = self.world_noise.draw(self.latent_shape, idx, self.dtype, graphed=False)
+            z = add_noise(z, t, eps[:, None])
+        mask = _slot_mask(self.slot_valid.index_select(0, idx), self.N)
+        _, kv = dyn.forward(
+            z,
+            t,
+            torch.zeros(b, 1, self.cfg.action_dim, device=self.device, dtype=self.dtype),
+            None,
+            mask,
+            action_mask=torch.zeros(b, 1, device=self.device),
+            past_kv=[
+                (k.index_select(0, idx), v.index_select(0, idx)) for k, v in zip(self.cache_k, self.cache_v)
+            ],
+            rope=rope_tables(index, *dyn.grid, dyn.head_dim),
+            kv_only=True,
+        )
+        slot = index % self.window
+        slot_tokens = slot * self.N + torch.arange(self.N, device=self.device)
+        for (k_new, v_new), k_buf, v_buf in zip(kv, self.cache_k, self.cache_v):
+            k_buf[idx[:, None], :, slot_tokens] = k_new.transpose(1, 2)  # (b, N, H, Dh) advanced-index view
+            v_buf[idx[:, None], :, slot_tokens] = v_new.transpose(1, 2)
+        self.slot_valid.view(-1).index_fill_(0, idx * self.window + slot, True)
+        return latents
 
     def world_draws(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One step's draws from the worlds' own streams, in `step`'s order: the denoising noise
