@@ -9,6 +9,12 @@ when the chosen device is CUDA. The vector env runs on `--device` (auto: CUDA wh
 CPU, N above `--max-cpu-envs` is skipped. Every point runs `--warmup` untimed steps, then times
 `--steps` steps (fewer if `--max-seconds` runs out). One frame = one world advanced by one action,
 decoded to pixels. Prints a table and writes JSON (`--out`).
+
+Random actions end episodes at random (the success model's spurious successes) and all at once at
+the time limit (60 steps): a vector env then resets those worlds, and with `compile=True` each new
+number of worlds reset at once captures a CUDA graph or compiles the success model the first time
+(a one-time cost of up to seconds). For steady-state throughput, warm up past the first time limit
+(`--warmup 130`) and compare runs with their `episode_ends`.
 """
 
 from __future__ import annotations
@@ -73,15 +79,24 @@ def time_steps(env, actions: np.ndarray, args: Args) -> dict:
     env.reset(seed=0)
     for a in actions[: args.warmup]:
         env.step(a)
-    done, start = 0, time.perf_counter()
+    done, ends, start = 0, 0, time.perf_counter()
     for a in actions[args.warmup :]:
-        env.step(a)
+        _, _, terminated, truncated, _ = env.step(a)
+        ends += int(np.sum(np.logical_or(terminated, truncated)))
         done += 1
         if done >= 2 and time.perf_counter() - start > args.max_seconds:
             break
     seconds = time.perf_counter() - start
     worlds = getattr(env, "num_envs", 1)
-    return {"steps": done, "ms_per_step": 1000 * seconds / done, "frames_per_s": worlds * done / seconds}
+    return {
+        "steps": done,
+        "ms_per_step": 1000 * seconds / done,
+        "frames_per_s": worlds * done / seconds,
+        # Episodes that ended in the timed steps (random actions: the success model's spurious successes,
+        # and the time limit): each is a reset at the next step (a vector env's autoreset), whose cost
+        # varies from run to run with these counts.
+        "episode_ends": ends,
+    }
 
 
 def breakdown(env, actions: np.ndarray, steps: int) -> dict[str, float]:
@@ -129,7 +144,7 @@ def main(args: Args) -> dict:
         rng = np.random.default_rng(0)
         n_actions = args.warmup + args.steps
         rows = []
-        print(f"{'env':8} {'device':6} {'N':>5} {'ms/step':>10} {'frames/s':>10} {'steps':>6}")
+        print(f"{'env':8} {'device':6} {'N':>5} {'ms/step':>10} {'frames/s':>10} {'steps':>6} {'ends':>6}")
         singles = [d for d in args.single_devices if d == "cpu" or device.type == "cuda"]
         for single_device in singles:
             env = BridgeWorldEnv(device=single_device, **settings)
@@ -175,7 +190,7 @@ def main(args: Args) -> dict:
 def print_row(row: dict) -> None:
     print(
         f"{row['env']:8} {row['device']:6} {row['num_envs']:>5} {row['ms_per_step']:>10.1f} "
-        f"{row['frames_per_s']:>10.1f} {row['steps']:>6}",
+        f"{row['frames_per_s']:>10.1f} {row['steps']:>6} {row['episode_ends']:>6}",
         flush=True,
     )
 

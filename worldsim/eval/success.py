@@ -280,8 +280,8 @@ class SuccessModel:
         size = 1 << (b - 1).bit_length()  # 1, 2, 4, ...
         if size > b:  # pad with copies of the last frame; each frame's estimate is its own
             x = torch.cat([x, x[-1:].expand(size - b, *x.shape[1:])])
-        if not graphed:
-            return self._compiled(x)[:b]
+        if not graphed:  # contiguous: a view (a rollout's frames) would compile a second graph
+            return self._compiled(x.contiguous())[:b]
         if size not in self._graphs:
             self._graphs[size] = GraphedCall(self._forward, [x])
         return self._graphs[size](x)[:b].clone()  # the graph's buffer: the next replay overwrites it
