@@ -159,6 +159,7 @@ def main(args: Args) -> dict:
                 print(f"vector N={n}: skipped on the CPU (above --max-cpu-envs {args.max_cpu_envs})")
                 continue
             env = BridgeWorldVectorEnv(num_envs=n, device=device, **settings)
+            cfg, denoise_steps = env.worlds.model.cfg, env.worlds.rollout.denoise_steps
             actions = rng.uniform(ACTION_LOW, ACTION_HIGH, (n_actions, n, 7)).astype(np.float32)
             rows.append(
                 {"env": "vector", "device": device.type, "num_envs": n, **time_steps(env, actions, args)}

@@ -32,6 +32,7 @@ def test_cli_writes_metrics_and_a_self_contained_report(tmp_path):
     written = json.loads((out / "metrics.json").read_text())
     assert written["checkpoint"].endswith("model.safetensors") and written["split"] == "val"
     assert written["device"] == "cpu" and written["model"]["preset"] == "tiny"
+    assert written["model"]["dtype"] == "float32"  # the default, as every published table
     for stage in ("open_loop", "counterfactual"):
         assert len(written[stage]["psnr"]) == len(written[stage]["baseline_psnr"]) == 4
         assert all(isinstance(v, float) for v in written[stage]["psnr"])
@@ -55,5 +56,8 @@ def test_cli_writes_metrics_and_a_self_contained_report(tmp_path):
     # A second run reuses the success model the first one trained instead of training again.
     classifier = out / "success.safetensors"
     assert load_success_model(classifier).cfg.height == 32
-    again = main(common + ["--stages", "success,ranking", "--success-model", str(classifier)])
+    again = main(
+        common + ["--stages", "success,ranking", "--success-model", str(classifier), "--dtype", "bfloat16"]
+    )
     assert again["success"]["loaded_from"] == str(classifier) and "open_loop" not in again
+    assert again["model"]["dtype"] == "bfloat16"

@@ -34,7 +34,7 @@ from worldsim.eval.success import (
     load_success_model,
     round_tripped,
 )
-from worldsim.models.world_model import WorldModel, best_device, resolve_weights
+from worldsim.models.world_model import WorldModel, best_device, inference_dtype, resolve_weights
 from worldsim.sim.policies import POLICIES
 
 STAGES = ("open_loop", "counterfactual", "success", "ranking")
@@ -83,6 +83,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--render-resolution", type=_pair, default=(480, 640), help="H,W BridgeSim renders at (the data's)"
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "auto"),
+        help="the model's dtype in the rollouts (auto: what BridgeWorld-v0 runs on this device, bf16 on CUDA "
+        "and on CPUs with bf16 kernels); every published table so far was measured in float32",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="worlds rolled out together")
     p.add_argument("--workers", type=int, default=1, help="BridgeSim processes")
     p.add_argument("--seed", type=int, default=0)
@@ -142,7 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = best_device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    model = WorldModel.from_pretrained(args.checkpoint, device=device)
+    dtype = inference_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
+    model = WorldModel.from_pretrained(args.checkpoint, device=device, dtype=dtype)
     resolution = (model.cfg.height, model.cfg.width)
     metric_device = str(device)
     metrics: dict = {
@@ -155,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
             "preset": model.cfg.name,
             "resolution": list(resolution),
             "parameters": sum(p.numel() for p in model.parameters()),
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),  # what the rollouts ran in
         },
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "timings": {"load": round(time.perf_counter() - start, 3)},
