@@ -231,7 +231,7 @@ class SuccessModel:
         """compile (CUDA): batches above GRAPH_MAX_BATCH run through `torch.compile` (fused GroupNorm and
         SiLU; on an H200 256 frames 2.4 -> 1.5 ms, 1024 frames 8.3 -> 4.0 ms, `benchmarks/host_overhead.py
         --success-variants`), padded to a power of two so that only a few shapes compile (each once,
-        tens of seconds), in one chunk of up to 1024 frames."""
+        some seconds on an H200), in one chunk of up to 1024 frames."""
         self.cfg = net.cfg
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
