@@ -136,6 +136,7 @@ class GraphedAdvance:
         b = len(idx)
         size = 1 << (b - 1).bit_length()
         x = torch.as_tensor(frames).to(r.device, non_blocking=True)
+        x = x[None] if x.ndim == 3 else x  # one world's frame (H, W, 3), as `Rollout.reset` takes it
         i = idx.to(r.device, non_blocking=True)
         if size > b:
             x = torch.cat([x, x[-1:].expand(size - b, *x.shape[1:])])

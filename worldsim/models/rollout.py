@@ -94,7 +94,7 @@ class Rollout:
             )
         if self._graphed_reset_applies(len(idx)):
             # A vector env's autoreset of a few worlds, once the step is a CUDA graph: the same work as
-            # below, as one graph launch (`GraphedReset`) instead of hundreds of eager kernels.
+            # below, as one graph launch (`GraphedAdvance.reset`) instead of hundreds of eager kernels.
             self.frame_index -= 1  # as below: the start frame takes the place of the current frame
             latents = self.cuda_graph.reset(frames, idx)
             self.committed[idx.numpy()] = 1
