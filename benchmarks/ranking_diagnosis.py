@@ -31,11 +31,11 @@ import torch
 import tyro
 
 from worldsim.data.dataset import resize_frames
-from worldsim.eval.policy_ranking import ObjectBelief, ranking_correlation
+from worldsim.eval.policy_ranking import ranking_correlation, start_episode
 from worldsim.eval.sim_pool import get_sim, sim_map
 from worldsim.eval.success import load_success_model
 from worldsim.models.world_model import WorldModel
-from worldsim.sim.policies import POLICIES, make_policy
+from worldsim.sim.policies import POLICIES
 from worldsim.sim.tasks import TASKS
 
 
@@ -58,15 +58,10 @@ class Args:
 def sim_episode(
     policy_name: str, seed: int, steps: int, render_resolution: tuple[int, int], size: tuple[int, int]
 ) -> dict:
-    """One ranking episode in BridgeSim (the start drawn as `sim_policy_episode` draws it), run for all
+    """One ranking episode in BridgeSim (`start_episode`, as the ranking starts it), run for all
     `steps`: frames (steps + 1, H, W, 3) at the model's size, actions (steps, 7), truth per step."""
     sim = get_sim(render_resolution)
-    rng = np.random.default_rng(seed)
-    task = tuple(TASKS)[int(rng.integers(len(TASKS)))]
-    sim.reset(seed=int(rng.integers(2**31 - 1)), task=task)
-    belief = ObjectBelief.from_sim(sim)
-    policy = make_policy(policy_name)
-    policy.reset(belief, np.random.default_rng(int(rng.integers(2**31 - 1))))
+    belief, policy, _ = start_episode(sim, policy_name, seed)
 
     def frame() -> np.ndarray:
         return resize_frames(sim.render()[None], size)[0].transpose(1, 2, 0)
@@ -81,7 +76,7 @@ def sim_episode(
         truth.append(sim.is_success())
     return {
         "policy": policy_name,
-        "task": task,
+        "task": sim.task.name,
         "instruction": sim.instruction,
         "frames": np.stack(frames),
         "actions": np.stack(actions),

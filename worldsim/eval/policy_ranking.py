@@ -33,7 +33,7 @@ from worldsim.eval.sim_pool import get_sim, sim_map
 from worldsim.eval.success import SuccessModel
 from worldsim.models.world_model import WorldModel
 from worldsim.sim.bridge_sim import BridgeSim
-from worldsim.sim.policies import make_policy
+from worldsim.sim.policies import Policy, make_policy
 from worldsim.sim.scene import BLOCK_HALF, BLOCK_NAMES, BOWL_FLOOR, BOWL_INNER_HALF
 from worldsim.sim.tasks import TASKS, Task
 
@@ -122,6 +122,19 @@ class ObjectBelief:
         block[2] = (bowl[2] + BOWL_FLOOR if in_bowl else 0.0) + BLOCK_HALF
 
 
+def start_episode(sim: BridgeSim, policy_name: str, seed: int) -> tuple[ObjectBelief, Policy, int]:
+    """Reset `sim` to ranking episode `seed` (its task and scene drawn from the seed) and start
+    `policy_name` on an `ObjectBelief` of it; returns the belief, the policy and the policy's seed."""
+    rng = np.random.default_rng(seed)
+    task = tuple(TASKS)[int(rng.integers(len(TASKS)))]
+    sim.reset(seed=int(rng.integers(2**31 - 1)), task=task)
+    belief = ObjectBelief.from_sim(sim)
+    policy_seed = int(rng.integers(2**31 - 1))
+    policy = make_policy(policy_name)
+    policy.reset(belief, np.random.default_rng(policy_seed))
+    return belief, policy, policy_seed
+
+
 def sim_policy_episode(
     policy_name: str,
     seed: int,
@@ -135,15 +148,9 @@ def sim_policy_episode(
     learned world replays, and the ground-truth outcome.
     """
     sim = get_sim(render_resolution)
-    rng = np.random.default_rng(seed)
-    task = tuple(TASKS)[int(rng.integers(len(TASKS)))]
-    sim.reset(seed=int(rng.integers(2**31 - 1)), task=task)
+    belief, policy, policy_seed = start_episode(sim, policy_name, seed)
     start = resize_frames(sim.render()[None], resolution)[0].transpose(1, 2, 0)
-    belief = ObjectBelief.from_sim(sim)
     initial = belief.copy()
-    policy_seed = int(rng.integers(2**31 - 1))
-    policy = make_policy(policy_name)
-    policy.reset(belief, np.random.default_rng(policy_seed))
     success, steps = False, 0
     for steps in range(1, max_steps + 1):  # noqa: B007 - the step count is part of the result
         action = policy.act(belief)
