@@ -25,6 +25,7 @@ from worldsim.eval.success import (
     parse_instruction,
     task_code,
 )
+from worldsim.models.cuda_graph import HostStaging
 from worldsim.models.rollout import Rollout
 from worldsim.models.world_model import WorldModel, best_device, load_shared, resolve_weights
 from worldsim.sim.spaces import ACTION_HIGH, ACTION_LOW
@@ -107,7 +108,7 @@ class _Worlds:
         # the success model's estimates of each world's start frame and of its current frame
         self.start_state: SceneEstimate | None = None
         self.now_state: SceneEstimate | None = None
-        self._pinned: dict[tuple[int, ...], torch.Tensor] = {}  # host staging buffers (CUDA)
+        self._staging = HostStaging()  # pinned buffers of the success model's estimates (CUDA)
         self.clip_warn = clip_warn
         self._clip_warned = False
         self._episode: tuple[tuple[str, int], Episode, np.ndarray] | None = None  # last decoded episode
@@ -272,7 +273,9 @@ class _Worlds:
                 chosen = (
                     frames if len(idx) == len(frames) else frames[torch.as_tensor(idx, device=frames.device)]
                 )
-                estimate = self._host_async(self.success.launch(chosen))
+                estimate = self.success.launch(chosen)
+                if estimate.device.type == "cuda":
+                    estimate = self._staging.copy(estimate, non_blocking=True)
         # While the device works: integrate_actions (worldsim/data/actions.py), one step batched over
         # worlds: the pose moves in the current gripper frame, the gripper state becomes the command's
         # closure.
@@ -289,17 +292,6 @@ class _Worlds:
         if estimate is not None:
             now = self.success.scene(estimate.numpy())
             self.now_state.positions[idx], self.now_state.grasp[idx] = now.positions, now.grasp
-
-    def _host_async(self, x: torch.Tensor) -> torch.Tensor:
-        """A host copy of device tensor x, queued on its stream (the next wait for that stream covers it)
-        into a pinned buffer reused by later calls of the same shape; x itself on a CPU."""
-        if x.device.type != "cuda":
-            return x
-        buf = self._pinned.get(tuple(x.shape))
-        if buf is None or buf.dtype != x.dtype:
-            buf = self._pinned[tuple(x.shape)] = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
-        buf.copy_(x, non_blocking=True)
-        return buf
 
     def ee_states(self) -> np.ndarray:
         """(B, 7) float64 commanded poses: x, y, z, roll, pitch, yaw, gripper (1 = closed); a new array

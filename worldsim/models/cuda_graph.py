@@ -19,6 +19,24 @@ if TYPE_CHECKING:
     from worldsim.models.rollout import Rollout
 
 
+class HostStaging:
+    """Pinned host buffers for copies off the device, one per (shape, dtype), reused by later copies: a
+    direct DMA, about twice as fast as a copy to pageable memory for a batch of frames."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[tuple[int, ...], torch.dtype], torch.Tensor] = {}
+
+    def copy(self, x: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
+        """x copied into its pinned buffer, which the next copy of that shape overwrites. non_blocking:
+        the copy is only queued on x's stream; the next wait for that stream covers it."""
+        key = (tuple(x.shape), x.dtype)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+        buf.copy_(x, non_blocking=non_blocking)
+        return buf
+
+
 class GraphedCall:
     """fn(*inputs) captured as a CUDA graph for inputs of fixed shapes, dtypes and devices.
 
