@@ -9,6 +9,7 @@ import torch
 from worldsim.models.config import PRESETS, WorldModelConfig, get_preset
 from worldsim.models.dynamics import frame_mask_to_tokens, training_frame_mask
 from worldsim.models.flow import RectifiedFlow, sampling_times
+from worldsim.models.rollout import _to_model_frames
 from worldsim.models.tokenizer import Tokenizer
 from worldsim.models.world_model import CheckpointError, WorldModel
 
@@ -208,7 +209,7 @@ def test_commit_start_writes_what_an_eager_partial_reset_writes() -> None:
     eager, direct = rollouts
     eager.reset(starts, which=np.array([0, 1, 3]))
     direct.frame_index -= 1
-    padded = torch.as_tensor(np.concatenate([starts, starts[-1:]]))
+    padded = _to_model_frames(np.concatenate([starts, starts[-1:]]), direct.device, direct.dtype)
     idx = torch.tensor([0, 1, 3, 3])
     with torch.inference_mode():  # as Rollout.reset runs it
         latents = direct.commit_start(padded, idx, torch.tensor([direct.frame_index]))

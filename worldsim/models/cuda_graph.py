@@ -142,10 +142,10 @@ class GraphedAdvance:
             return call(actions, self.rollout.frame_index)
         return call(actions, noise, eps, self.rollout.frame_index)
 
-    def reset(self, frames: Any, idx: torch.Tensor) -> torch.Tensor:
-        """`Rollout.commit_start` for a partial reset of worlds idx (b,) from uint8 start frames
-        (b, H, W, 3), as a graph per power of two of b (padded with copies of the last world and frame:
-        the same values written twice); returns the b worlds' latents (a fresh tensor).
+    def reset(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """`Rollout.commit_start` for a partial reset of worlds idx (b,) from start frames x (b, 3, H, W)
+        on the device, in [-1, 1], as a graph per power of two of b (padded with copies of the last world
+        and frame: the same values written twice); returns the b worlds' latents (a fresh tensor).
 
         A size's first call captures its graph with these very inputs: the warm-up runs do the reset for
         real (writing the same cache entries the replay writes again), so only the noise streams'
@@ -153,8 +153,6 @@ class GraphedAdvance:
         r = self.rollout
         b = len(idx)
         size = 1 << (b - 1).bit_length()
-        x = torch.as_tensor(frames).to(r.device, non_blocking=True)
-        x = x[None] if x.ndim == 3 else x  # one world's frame (H, W, 3), as `Rollout.reset` takes it
         i = idx.to(r.device, non_blocking=True)
         if size > b:
             x = torch.cat([x, x[-1:].expand(size - b, *x.shape[1:])])

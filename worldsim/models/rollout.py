@@ -97,7 +97,7 @@ class Rollout:
             # A vector env's autoreset of a few worlds, once the step is a CUDA graph: the same work as
             # below, as one graph launch (`GraphedAdvance.reset`) instead of hundreds of eager kernels.
             self.frame_index -= 1  # as below: the start frame takes the place of the current frame
-            latents = self.cuda_graph.reset(frames, idx)
+            latents = self.cuda_graph.reset(x, idx)
             self.committed[idx.numpy()] = 1
             self.latents[idx.to(self.device)] = latents
             self.frame_index += 1
@@ -364,20 +364,20 @@ class Rollout:
         worlds' own noise streams (the shared generator cannot be replayed)."""
         return (
             self.cuda_graph is not None
-            and self.cuda_graph.draws_noise
-            and self.world_noise is not None
+            and self.cuda_graph.draws_noise  # captured with the worlds' own streams
             and self.use_cache
             and self.latents is not None
             and b < self.batch_size
         )
 
-    def commit_start(self, frames: torch.Tensor, idx: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def commit_start(self, x: torch.Tensor, idx: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """A partial reset's work as tensor ops on fixed buffers (graph-capturable, like `advance`):
-        encode start frames, uint8 (b, H, W, 3) on the device, of worlds `idx` (b,) (a device tensor; a
-        world may repeat, with the same frame), and commit them at frame `index` (1,) with the mask of
-        their (now empty) ring slots, as `reset` and `_commit` do. Returns their latents (b, C, h, w)."""
+        encode start frames x (b, 3, H, W) in [-1, 1] (`reset`'s model input) of worlds `idx` (b,) (a
+        device tensor; a world may repeat, with the same frame), and commit them at frame `index` (1,)
+        with the mask of their (now empty) ring slots, as `reset` and `_commit` do. Returns their latents
+        (b, C, h, w)."""
         dyn, b = self.model.dynamics, len(idx)
-        latents = self.model.tokenizer.encode(_to_model_frames(frames, self.device, self.dtype))
+        latents = self.model.tokenizer.encode(x)
         self.slot_valid.index_fill_(0, idx, False)
         t = self._context_t(b)
         z = latents[:, None]
