@@ -189,10 +189,10 @@ class _Worlds:
         for i, (image, ee, instruction) in zip(idx, starts):
             self.images[i] = resize_images(image[None], self.size)[0]
             self.xyz[i], self.rotation[i], self.gripper[i] = ee[:3], euler2rotm(ee[3:6]), ee[6]
-            self._ee = None
             self.instructions[i] = instruction
             if self.success is not None:
                 self.tasks[i], self.keypoints[i] = task_code(instruction, self.success.cfg)
+        self._ee = None  # the poses changed
         if self.success is not None:
             with record_function("worlds: reset: success model"):
                 estimate = self.success.estimate(frames)

@@ -148,12 +148,16 @@ def test_instruction_codes_and_bad_judge_input_get_clear_errors():
         model.judge_tasks(other, start, np.zeros(3, int), np.zeros(3, int))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-def test_cuda_graphs_small_batches_padded_to_powers_of_two_and_runs_large_ones_eagerly():
+def small_net_and_frames(n: int) -> tuple[StateNet, np.ndarray]:
+    """A small random `StateNet` (48x64 frames) and n random frames, for the CUDA-path tests."""
     cfg = SuccessConfig(height=48, width=64, input_pool=1, channels=(16, 16, 32, 32), hidden=32)
     torch.manual_seed(0)
-    net = StateNet(cfg)
-    frames = np.random.default_rng(0).integers(0, 256, (150, 48, 64, 3), dtype=np.uint8)
+    return StateNet(cfg), np.random.default_rng(0).integers(0, 256, (n, 48, 64, 3), dtype=np.uint8)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graphs_small_batches_padded_to_powers_of_two_and_runs_large_ones_eagerly():
+    net, frames = small_net_and_frames(150)
     gpu, cpu = SuccessModel(copy.deepcopy(net), "cuda"), SuccessModel(net)
     for b in (1, 3, 5, 64, 150):  # 3 -> the graph of 4, 5 -> 8; 150 frames run eagerly
         got, want = gpu.estimate(frames[:b]), cpu.estimate(frames[:b])  # fp32 up to cuDNN's TF32 convolutions
@@ -164,10 +168,7 @@ def test_cuda_graphs_small_batches_padded_to_powers_of_two_and_runs_large_ones_e
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.compile of the success model is for CUDA")
 def test_compiled_success_model_runs_large_batches_padded_and_agrees_with_the_eager_one():
-    cfg = SuccessConfig(height=48, width=64, input_pool=1, channels=(16, 16, 32, 32), hidden=32)
-    torch.manual_seed(0)
-    net = StateNet(cfg)
-    frames = np.random.default_rng(0).integers(0, 256, (300, 48, 64, 3), dtype=np.uint8)
+    net, frames = small_net_and_frames(300)
     compiled, eager = SuccessModel(copy.deepcopy(net), "cuda", compile=True), SuccessModel(net, "cuda")
     assert compiled.chunk == 1024
     for b in (3, 100, 300):  # the graph of 4; compiled at 128 and 512 (padded)
