@@ -8,7 +8,7 @@ import torch
 
 from worldsim.models.config import PRESETS, WorldModelConfig, get_preset
 from worldsim.models.dynamics import frame_mask_to_tokens, training_frame_mask
-from worldsim.models.flow import RectifiedFlow, sampling_times
+from worldsim.models.flow import RectifiedFlow, motion_weights, sampling_times
 from worldsim.models.rollout import _to_model_frames
 from worldsim.models.tokenizer import Tokenizer
 from worldsim.models.world_model import CheckpointError, WorldModel
@@ -389,3 +389,39 @@ def test_focused_reconstruction_loss_weights_each_pixel_by_its_share_of_the_erro
     lone = torch.zeros(1, 3, 32, 32)
     lone[0, 0, 0, 0] = 1.0  # its error is 1024 times the mean: the weight stops at 50
     assert torch.allclose(focus_tok._focused(lone), torch.tensor(50 * 2.0 / lone.numel()))
+
+
+def test_motion_weights_favour_what_moves_and_keep_the_loss_scale():
+    """One latent position changes between frames 1 and 2: it (and only it) weighs more, the weights
+    average 1 per window, and a still window is weighted uniformly."""
+    z = torch.zeros(2, 4, 3, 5, 6)
+    z[0, 2:, :, 1, 2] = 2.0  # window 0: something moves into (1, 2) at frame 2 and stays
+    w = motion_weights(z, strength=3.0)
+    assert w.shape == (2, 3, 1, 5, 6)
+    assert torch.allclose(w.mean(dim=(1, 2, 3, 4)), torch.ones(2))
+    moved = w[0, 1, 0, 1, 2]
+    assert moved > 10 * w[0, 0, 0, 1, 2]  # the frame it appears in, against the frame before
+    rest = torch.ones_like(w[0], dtype=torch.bool)
+    rest[1, 0, 1, 2] = False
+    assert torch.allclose(w[0][rest], w[0][rest][0].expand(int(rest.sum())))  # the rest share one weight
+    assert torch.allclose(w[1], torch.ones_like(w[1]))  # still window: uniform
+
+
+def test_motion_weighted_loss_reweights_the_same_errors():
+    """With the same noise, motion_weight changes the optimised loss but not the logged plain MSE; a
+    negative weight is refused."""
+    model = WorldModel(get_preset("tiny"))
+    cfg = model.cfg
+    z = torch.randn(2, cfg.num_frames, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
+    a = torch.randn(2, cfg.num_frames - 1, cfg.action_dim)
+    out = {}
+    for weight in (0.0, 2.0):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            out[weight] = RectifiedFlow(cfg, motion_weight=weight).loss(model.dynamics, z, a)
+    (plain, plain_logs), (weighted, weighted_logs) = out[0.0], out[2.0]
+    assert torch.equal(plain, plain_logs["flow_mse"])
+    assert torch.equal(plain_logs["flow_mse"], weighted_logs["flow_mse"])
+    assert not torch.allclose(plain, weighted)
+    with pytest.raises(ValueError, match="motion_weight"):
+        RectifiedFlow(cfg, motion_weight=-1.0)

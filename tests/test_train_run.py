@@ -135,9 +135,18 @@ def test_action_stage_starts_from_tokenizer_checkpoint(data, out, tmp_path):
     tok_ckpts = job_dir(out, "tok") / "checkpoints"
     tok_metrics = metrics(job_dir(out, "tok"))
     assert any("val_recon_psnr" in m for m in tok_metrics)
+    # (this run also profiles iterations 2..3 and trains with the motion-weighted loss)
     action = run(python_cmd("experiment=bridge_tiny", f"dataset.root={data}", "job.name=act",
-                            "trainer.max_iter=3", "trainer.val_every=0", f"load_path={tok_ckpts}"), env)  # fmt: skip
+                            "trainer.max_iter=3", "trainer.val_every=0", f"load_path={tok_ckpts}",
+                            "trainer.log_every=1", "trainer.profile_start=2", "trainer.profile_iters=2",
+                            "trainer.motion_weight=2"), env)  # fmt: skip
     assert "initial weights from" in action.stdout
+    ops = (job_dir(out, "act") / "profile" / "rank0_ops.txt").read_text()
+    assert "iterations 2..3" in ops and "aten::" in ops
+    assert (job_dir(out, "act") / "profile" / "rank0_trace.json").stat().st_size > 0
+    act_metrics = [m for m in metrics(job_dir(out, "act")) if "flow_mse" in m]
+    assert len(act_metrics) == 3  # the optimised (weighted) loss and the plain MSE differ
+    assert all(m["loss"] != m["flow_mse"] for m in act_metrics)
     assert "dropped 4 action tensors" in action.stdout  # a tokenizer checkpoint's action layers start fresh
     tok = load_dcp(tok_ckpts / "iter_000000006" / "model", tmp_path)
     act = load_dcp(job_dir(out, "act") / "checkpoints" / "iter_000000003" / "model", tmp_path)

@@ -75,6 +75,10 @@ class TrainerConfig:
     # How the dynamics stages apply the block-causal training mask: flex (flex-attention, skips the
     # tiles nobody attends; CUDA only, it has no CPU backward), sdpa (dense bool mask), auto (flex on CUDA)
     attention: str = "auto"
+    # Dynamics stages: how much more the flow loss weighs the latent positions that change from the previous
+    # frame (the arm, a pushed or carried block) than the still background (`motion_weights` in
+    # worldsim/models/flow.py); 0 = plain MSE
+    motion_weight: float = 0.0
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     precision: str = "auto"  # bf16 | fp32 | auto (bf16 on CUDA, fp32 on CPU)
     # Wall-clock budget in minutes (0 = none): after `warmup_iter` steps the speed measured over the
@@ -86,6 +90,10 @@ class TrainerConfig:
     # (it still ends at max_iter): for a machine that allows N minutes per command, run the same command
     # again to continue (exact resume). Checked at logging steps, so it stops within log_every steps.
     stop_after_minutes: float = 0.0
+    # Profile iterations [profile_start, profile_start + profile_iters) with torch.profiler (0 = never):
+    # JOB/profile/rank{r}_ops.txt (operators by device and CPU time) and rank{r}_trace.json (Perfetto)
+    profile_start: int = 0
+    profile_iters: int = 3
 
 
 @dataclass
@@ -276,6 +284,9 @@ def check_config(cfg: TrainConfig) -> None:
     need(t.val_rollout_steps >= 0, "trainer.val_rollout_steps", "must be >= 0")
     need(t.precision in PRECISIONS, "trainer.precision", f"must be one of {list(PRECISIONS)}")
     need(t.attention in ATTENTIONS, "trainer.attention", f"must be one of {list(ATTENTIONS)}")
+    need(t.profile_start >= 0, "trainer.profile_start", "must be >= 0 (0 = no profile)")
+    need(t.profile_iters > 0, "trainer.profile_iters", "must be > 0")
+    need(t.motion_weight >= 0, "trainer.motion_weight", "must be >= 0 (0 = plain MSE)")
     need(cfg.dataset.num_workers >= 0, "dataset.num_workers", "must be >= 0")
     need(cfg.dataset.stride > 0, "dataset.stride", "must be > 0")
     need(cfg.checkpoint.save_iter >= 0, "checkpoint.save_iter", "must be >= 0 (0 = only at the end)")

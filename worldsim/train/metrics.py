@@ -114,3 +114,44 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+class ProfileWindow:
+    """torch.profiler over iterations [start, start + iters) of a run (`trainer.profile_start` /
+    `trainer.profile_iters`; start 0 = never), as torchtitan's profiling option: on each rank, `rank{r}_ops.txt` (operators by
+    device time, then by CPU time) and a Chrome / Perfetto trace `rank{r}_trace.json` in `folder`."""
+
+    def __init__(self, start: int, iters: int, folder: Path, rank: int, device: torch.device) -> None:
+        self.start, self.stop = start, start + iters - 1
+        self.folder, self.rank, self.device = folder, rank, device
+        self.prof: torch.profiler.profile | None = None
+
+    def before(self, step: int) -> None:
+        if self.start > 0 and step == self.start:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if self.device.type == "cuda":
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.prof = torch.profiler.profile(activities=activities)
+            self.prof.__enter__()
+
+    def after(self, step: int) -> Path | None:
+        """Ends the window after its last step; returns the ops table's path then. (The profiler's own cost
+        slows the log interval it falls in.)"""
+        if self.prof is None or step != self.stop:
+            return None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.prof.__exit__(None, None, None)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        events = self.prof.key_averages()
+        device_sort = "self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+        table = (
+            f"iterations {self.start}..{self.stop}, rank {self.rank}\n"
+            f"by device time:\n{events.table(sort_by=device_sort, row_limit=40)}\n"
+            f"by CPU time:\n{events.table(sort_by='cpu_time_total', row_limit=25)}\n"
+        )
+        ops = self.folder / f"rank{self.rank}_ops.txt"
+        ops.write_text(table)
+        self.prof.export_chrome_trace(str(self.folder / f"rank{self.rank}_trace.json"))
+        self.prof = None
+        return ops

@@ -42,13 +42,14 @@ class StageModule(nn.Module):
         stage: str,
         compute_dtype: torch.dtype = torch.float32,
         attention: str = "sdpa",
+        motion_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.model, self.stage = model, stage
         # FSDP2 casts the parameters to bf16; autocast also casts the fp32 tensors the model makes itself
         # (timestep embeddings, noise, latents) at each matmul, so mixed precision needs no model change.
         self.compute_dtype = compute_dtype
-        self.flow = RectifiedFlow(model.cfg, attention)
+        self.flow = RectifiedFlow(model.cfg, attention, motion_weight)
         for p in model.parameters():
             p.requires_grad_(False)
         for p in trainable_part(model, stage).parameters():

@@ -28,7 +28,7 @@ from worldsim.train.config import TrainConfig
 from worldsim.train.data import DataPosition, TrainStream, make_datasets, val_batches
 from worldsim.train.ema import EMA
 from worldsim.train.initial_weights import InitialWeights, inspect_load_path
-from worldsim.train.metrics import MetricsLog, peak_flops, train_flops_per_window
+from worldsim.train.metrics import MetricsLog, ProfileWindow, peak_flops, train_flops_per_window
 from worldsim.train.parallelize import (
     DistInfo,
     close_distributed,
@@ -184,7 +184,7 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
 
     param_dtype = resolve_precision(t.precision, device)
     attention = resolve_attention(t.attention, device)
-    root = StageModule(model, cfg.stage, param_dtype, attention)
+    root = StageModule(model, cfg.stage, param_dtype, attention, t.motion_weight)
     parallelize(root, model, device, param_dtype, t.activation_checkpointing, t.compile)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(model, cfg, device)
@@ -226,6 +226,7 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
     finite = torch.ones((), dtype=torch.bool, device=device)  # every grad norm since the last check
     run_t0 = time.perf_counter()
     chunk_over = False
+    profile = ProfileWindow(t.profile_start, t.profile_iters, job_dir / "profile", info.rank, device)
     for step in range(start + 1, t.max_iter + 1):
         if step > last_iter:
             break
@@ -239,6 +240,7 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
                 step - 1 - rate_from, now - rate_t0, t.max_minutes, step - 1, last_iter, info, now - run_t0
             )
             bar.total = last_iter
+        profile.before(step)
         for micro in range(t.grad_accum):
             batch = next(data)
             root.set_requires_gradient_sync(micro == t.grad_accum - 1)  # reduce-scatter once per step
@@ -255,6 +257,8 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
         optimizer.zero_grad(set_to_none=True)
         ema.update(step)
         window_steps += 1
+        if (ops := profile.after(step)) and main:
+            tqdm.write(f"profile of iterations {t.profile_start}..{step}: {ops}")
         saving = (cfg.checkpoint.save_iter and step % cfg.checkpoint.save_iter == 0) or (
             step == last_iter and cfg.checkpoint.save_final
         )
