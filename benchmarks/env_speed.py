@@ -26,6 +26,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -53,6 +54,9 @@ class Args:
     steps: int = 30  # timed steps per point
     max_seconds: float = 60.0  # stop timing a point after this long (at least 2 steps)
     profile_steps: int = 0  # after timing each vector point, profile this many more steps: where a step goes
+    # partial resets of the vector env on CUDA: graphed (where they apply: N <= 256) and/or eager, timed
+    # back to back at each N for an A/B of the graphed resets
+    resets: tuple[Literal["graphed", "eager"], ...] = ("graphed",)
     out: Path = Path("benchmarks/results/env_speed.json")
 
 
@@ -144,7 +148,9 @@ def main(args: Args) -> dict:
         rng = np.random.default_rng(0)
         n_actions = args.warmup + args.steps
         rows = []
-        print(f"{'env':8} {'device':6} {'N':>5} {'ms/step':>10} {'frames/s':>10} {'steps':>6} {'ends':>6}")
+        print(
+            f"{'env':8} {'device':6} {'N':>5} {'ms/step':>10} {'frames/s':>10} {'steps':>6} {'ends':>6} resets"
+        )
         singles = [d for d in args.single_devices if d == "cpu" or device.type == "cuda"]
         for single_device in singles:
             env = BridgeWorldEnv(device=single_device, **settings)
@@ -158,16 +164,17 @@ def main(args: Args) -> dict:
             if device.type == "cpu" and n > args.max_cpu_envs:
                 print(f"vector N={n}: skipped on the CPU (above --max-cpu-envs {args.max_cpu_envs})")
                 continue
-            env = BridgeWorldVectorEnv(num_envs=n, device=device, **settings)
-            cfg, denoise_steps = env.worlds.model.cfg, env.worlds.rollout.denoise_steps
             actions = rng.uniform(ACTION_LOW, ACTION_HIGH, (n_actions, n, 7)).astype(np.float32)
-            rows.append(
-                {"env": "vector", "device": device.type, "num_envs": n, **time_steps(env, actions, args)}
-            )
-            print_row(rows[-1])
-            if args.profile_steps:
-                rows[-1]["breakdown_ms_per_step"] = breakdown(env, actions, args.profile_steps)
-            del env  # free its KV cache before the next, larger one
+            for resets in args.resets:
+                env = BridgeWorldVectorEnv(num_envs=n, device=device, **settings)
+                cfg, denoise_steps = env.worlds.model.cfg, env.worlds.rollout.denoise_steps
+                env.worlds.rollout.graph_resets = resets == "graphed"
+                row = {"env": "vector", "device": device.type, "num_envs": n, "resets": resets}
+                rows.append({**row, **time_steps(env, actions, args)})
+                print_row(rows[-1])
+                if args.profile_steps:
+                    rows[-1]["breakdown_ms_per_step"] = breakdown(env, actions, args.profile_steps)
+                del env  # free its KV cache before the next, larger one
     result = {
         "benchmark": "env_speed",
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()},
@@ -191,7 +198,7 @@ def main(args: Args) -> dict:
 def print_row(row: dict) -> None:
     print(
         f"{row['env']:8} {row['device']:6} {row['num_envs']:>5} {row['ms_per_step']:>10.1f} "
-        f"{row['frames_per_s']:>10.1f} {row['steps']:>6} {row['episode_ends']:>6}",
+        f"{row['frames_per_s']:>10.1f} {row['steps']:>6} {row['episode_ends']:>6} {row.get('resets', '')}",
         flush=True,
     )
 

@@ -66,6 +66,7 @@ class Rollout:
         # Python floats: the times are constants of the sampling loop (no device sync, graph-capturable)
         self.times_list = sampling_times(self.denoise_steps, cfg.time_shift).tolist()
         self.cuda_graph = None  # set by enable_cuda_graph()
+        self.graph_resets = True  # partial resets as graphs where they apply (False: eager; for A/B timing)
         # Without a cache (the reference path for tests and benchmarks): every committed frame since
         # reset, re-run through the network at every denoising step. (z, actions, action_mask, index)
         self.history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
@@ -363,7 +364,8 @@ class Rollout:
         """Whether a reset of b worlds runs as a graph: a partial reset, with the step graphed and the
         worlds' own noise streams (the shared generator cannot be replayed)."""
         return (
-            self.cuda_graph is not None
+            self.graph_resets
+            and self.cuda_graph is not None
             and self.cuda_graph.draws_noise  # captured with the worlds' own streams
             and self.use_cache
             and self.latents is not None
