@@ -1,0 +1,142 @@
+"""Flex-attention in the training layout, timed alone: forward + backward of one attention call at a
+preset's training shape, for several `training_block_mask` block sizes, against the same call with
+SDPA and the dense mask. Tells how much of a training step the block-sparse kernel costs and which tile
+size suits a preset's frame length (tiles across a frame boundary evaluate the mask per element).
+
+    python benchmarks/flex_block_size.py --preset base --batch 8 --variants 128 128/64 64/64
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from worldsim.models.config import get_preset
+from worldsim.models.dynamics import (
+    _compiled_flex_attention,
+    frame_mask_to_tokens,
+    training_block_mask,
+    training_frame_mask,
+)
+from worldsim.models.flow import training_sequence_frames
+
+
+def timed(fn, repeats: int) -> float:
+    """Median ms of fn() over `repeats` runs, after 3 untimed ones."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def kernel_options(tile: str) -> dict | None:
+    """Flex-attention's kernel tiles: "" = its defaults, "64" = forward and backward tiles 64 (a mask block
+    smaller than the default tiles needs tiles that divide it), "64f" = the forward's alone."""
+    if not tile:
+        return None
+    keys = (
+        ("BLOCK_M", "BLOCK_N")
+        if tile.endswith("f")
+        else ("BLOCK_M", "BLOCK_N", "BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2")
+    )
+    return dict.fromkeys(keys, int(tile.removesuffix("f")))
+
+
+def make_attend(cfg, allowed: torch.Tensor, block: int | None, tile: str, flex):  # noqa: ANN001, ANN201
+    """(attend(q, k, v), % of tiles skipped): flex-attention with `block`-sized mask blocks and `tile`-sized
+    kernel tiles (None: the defaults), or (block None) SDPA with the dense token mask."""
+    n = cfg.tokens_per_frame
+    if block is None:
+        dense = frame_mask_to_tokens(allowed, n)
+        return functools.partial(F.scaled_dot_product_attention, attn_mask=dense), None
+    mask = training_block_mask(cfg.num_frames, cfg.num_context_frames, n, allowed.device, block_size=block)
+    return functools.partial(flex, block_mask=mask, kernel_options=kernel_options(tile)), float(
+        mask.sparsity()
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="base")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=["128", "128/64", "64/64"],
+        help="MASK_BLOCK[/KERNEL_TILE] per flex variant: no tile = flex-attention's defaults, 64 = forward and "
+        "backward tiles 64, 64f = the forward's alone",
+    )
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--no-sdpa", action="store_true", help="skip the dense-mask SDPA reference")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/flex_block_size.json"))
+    args = p.parse_args()
+    cfg = get_preset(args.preset)
+    device = torch.device("cuda")
+    n, frames = cfg.tokens_per_frame, training_sequence_frames(cfg.num_frames)
+    length, head_dim = frames * n, cfg.dim // cfg.heads
+    allowed = training_frame_mask(cfg.num_frames, cfg.num_context_frames, device)
+    useful = (
+        4 * args.batch * cfg.heads * head_dim * n * n * int(allowed.sum())
+    )  # forward FLOPs, allowed pairs
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (
+        torch.randn(
+            args.batch, cfg.heads, length, head_dim, device=device, dtype=torch.bfloat16, generator=gen
+        )
+        for _ in range(3)
+    )
+    grad = torch.randn_like(q)
+    flex = _compiled_flex_attention()
+    rows, reference = [], None
+
+    def run(attend):  # noqa: ANN001, ANN202
+        qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
+        out = attend(qq, kk, vv)
+        out.backward(grad)
+        return out, qq.grad
+
+    variants = []
+    for spec in args.variants:
+        block, _, tile = spec.partition("/")
+        variants.append((f"flex {block} mask, {tile or 'default'} tiles", int(block), tile))
+    if not args.no_sdpa:
+        variants.append(("sdpa, dense mask", None, ""))
+    for name, block, tile in variants:
+        attend, tiles = make_attend(cfg, allowed, block, tile, flex)
+        fwd = timed(functools.partial(attend, q, k, v), args.repeats)
+        both = timed(functools.partial(run, attend), args.repeats)
+        out, dq = run(attend)
+        if reference is None:
+            reference = (out.float(), dq.float())
+        err = max(
+            float((out.float() - reference[0]).abs().max()), float((dq.float() - reference[1]).abs().max())
+        )
+        rows.append({"variant": name, "block_size": block, "kernel_tile": tile, "tiles_skipped_pct": tiles, "forward_ms": fwd,
+                     "forward_backward_ms": both, "useful_tflops_forward": useful / fwd / 1e9,
+                     "useful_tflops_fwd_bwd": 3.5 * useful / both / 1e9, "max_abs_diff_vs_first": err})  # fmt: skip
+        r = rows[-1]
+        print(f"{name:30} skipped {tiles if tiles is not None else '-':>6}%  fwd {fwd:7.2f} ms  fwd+bwd {both:7.2f} ms"
+              f"  useful TFLOP/s fwd {r['useful_tflops_forward']:6.1f} fwd+bwd {r['useful_tflops_fwd_bwd']:6.1f}"
+              f"  max diff {err:.3g}", flush=True)  # fmt: skip
+    result = {"preset": args.preset, "batch": args.batch, "heads": cfg.heads, "head_dim": head_dim,
+              "length": length, "tokens_per_frame": n, "device": torch.cuda.get_device_name(),
+              "torch": torch.__version__, "rows": rows}  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"{torch.cuda.get_device_name()}; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
