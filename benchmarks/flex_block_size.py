@@ -115,9 +115,15 @@ def main() -> None:
         variants.append(("sdpa, dense mask", None, ""))
     for name, block, tile in variants:
         attend, tiles = make_attend(cfg, allowed, block, tile, flex)
-        fwd = timed(functools.partial(attend, q, k, v), args.repeats)
-        both = timed(functools.partial(run, attend), args.repeats)
-        out, dq = run(attend)
+        try:
+            fwd = timed(functools.partial(attend, q, k, v), args.repeats)
+            both = timed(functools.partial(run, attend), args.repeats)
+            out, dq = run(attend)
+        except Exception as e:  # noqa: BLE001 (a tile choice the kernel cannot build: reported, not fatal)
+            reason = str(e).strip().splitlines()[0][:300]
+            rows.append({"variant": name, "block_size": block, "kernel_tile": tile, "failed": reason})
+            print(f"{name:30} failed: {reason}", flush=True)
+            continue
         if reference is None:
             reference = (out.float(), dq.float())
         err = max(
