@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from worldsim.eval.policy_ranking import ObjectBelief, RankingResult, ranking_correlation, sim_policy_episode
+from worldsim.eval.policy_ranking import (
+    ObjectBelief,
+    RankingResult,
+    ranking_confidence,
+    ranking_correlation,
+    sim_policy_episode,
+)
 from worldsim.sim.scene import BLOCK_HALF, BOWL_FLOOR
 from worldsim.sim.tasks import make_task
 
@@ -27,6 +33,26 @@ def test_correlation_of_known_rankings():
     assert r["pearson"] < 1.0
     swapped = ranking_correlation(sim, np.array([0.9, 0.5, 0.7, 0.2, 0.0]))
     assert swapped["spearman"] == pytest.approx(stats.spearmanr(sim, [0.9, 0.5, 0.7, 0.2, 0.0])[0], abs=1e-4)
+
+
+def test_bootstrap_intervals_are_tight_for_a_faithful_world_and_wide_for_a_blind_one():
+    """Paired resampling: a world that reproduces every episode's outcome keeps correlation 1 in every
+    resample; one whose outcomes are drawn independently of the policy's skill gets an interval around 0;
+    more episodes narrow the interval."""
+    rng = np.random.default_rng(0)
+    skill = np.array([0.9, 0.7, 0.5, 0.3, 0.1])
+    sim = rng.random((5, 100)) < skill[:, None]
+    faithful = ranking_confidence(sim, sim.copy())
+    assert faithful["pearson_ci"] == [1.0, 1.0] and faithful["spearman_ci"] == [1.0, 1.0]
+    blind = ranking_confidence(sim, rng.random((5, 100)) < 0.4)
+    assert blind["pearson_ci"][0] < 0 < blind["pearson_ci"][1]
+    noisy_world = np.where(
+        rng.random((5, 400)) < 0.7, rng.random((5, 400)) < skill[:, None], rng.random((5, 400)) < 0.5
+    )
+    sim400 = rng.random((5, 400)) < skill[:, None]
+    wide = ranking_confidence(sim400[:, :50], noisy_world[:, :50])["pearson_ci"]
+    narrow = ranking_confidence(sim400, noisy_world)["pearson_ci"]
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
 
 
 def test_correlation_is_undefined_for_a_constant_world():

@@ -230,6 +230,51 @@ def ranking_correlation(sim_rates: np.ndarray, world_rates: np.ndarray) -> dict[
     return out
 
 
+def _rowwise_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson r of each row pair of x, y (n, P); NaN where a row is constant."""
+    xc, yc = x - x.mean(axis=1, keepdims=True), y - y.mean(axis=1, keepdims=True)
+    den = np.sqrt((xc * xc).sum(axis=1) * (yc * yc).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (xc * yc).sum(axis=1) / den, np.nan)
+
+
+def ranking_confidence(
+    sim_success: np.ndarray,
+    world_success: np.ndarray,
+    resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, list[float] | None]:
+    """Bootstrap confidence intervals of the ranking's Pearson and Spearman correlations.
+
+    sim_success, world_success: (P, E) bool outcomes, paired by episode (the same start and policy seed in
+    both worlds). Each resample draws E episodes with replacement per policy, the same ones for both
+    worlds, and recomputes the success rates and their correlations; the interval holds the central
+    `level` of them (percentile bootstrap). It says how much of a correlation is the luck of the episodes
+    drawn: with 50-100 episodes per policy, near-ties between policies swing Spearman by a rank or two."""
+    sim, world = np.asarray(sim_success, dtype=float), np.asarray(world_success, dtype=float)
+    P, E = sim.shape
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, E, size=(resamples, P, E))
+    rows = np.arange(P)[None, :, None]
+    sim_rates, world_rates = sim[rows, idx].mean(axis=2), world[rows, idx].mean(axis=2)  # (resamples, P)
+    out: dict[str, list[float] | None] = {}
+    tail = 100 * (1 - level) / 2
+    for name, (x, y) in (
+        ("pearson", (sim_rates, world_rates)),
+        ("spearman", (stats.rankdata(sim_rates, axis=1), stats.rankdata(world_rates, axis=1))),
+    ):
+        r = _rowwise_pearson(x, y)
+        r = r[np.isfinite(r)]
+        out[f"{name}_ci"] = (
+            None
+            if len(r) < resamples // 2
+            else [round(float(v), 4) for v in np.percentile(r, [tail, 100 - tail])]
+        )
+    out["ci_level"] = level
+    return out
+
+
 @dataclass
 class RankingResult:
     """Success rates per policy in both worlds, and their correlation."""
@@ -309,5 +354,8 @@ def evaluate_ranking(
         world_success=world,
         sim_seconds=sim_seconds,
         world_seconds=time.perf_counter() - start,
-        correlation=ranking_correlation(sim.mean(axis=1), world.mean(axis=1)),
+        correlation={
+            **ranking_correlation(sim.mean(axis=1), world.mean(axis=1)),
+            **ranking_confidence(sim, world),
+        },
     )

@@ -45,6 +45,7 @@ def headline(metrics: dict) -> dict[str, float | None]:
     p12, b12 = out["psnr_h12"], out["copy_last_psnr_h12"]
     out["psnr_gain_over_copy_last_h12"] = round(p12 - b12, 4) if p12 is not None and b12 is not None else None
     out["pearson"], out["spearman"] = rk.get("pearson"), rk.get("spearman")
+    out["pearson_ci"], out["spearman_ci"] = rk.get("pearson_ci"), rk.get("spearman_ci")
     out["success_val_balanced_accuracy"] = metrics.get("success", {}).get("val", {}).get("balanced_accuracy")
     return out
 
@@ -109,7 +110,16 @@ def _ranking_figure(ranking: dict) -> go.Figure | None:
     fig.add_trace(
         go.Scatter(x=x, y=y, mode="markers+text", text=names, textposition="top center", name="policies")
     )
-    title = f"Policy success rate: BridgeSim vs learned world (Pearson {ranking.get('pearson')}, Spearman {ranking.get('spearman')})"
+
+    def with_ci(name: str) -> str:
+        ci = ranking.get(f"{name}_ci")
+        return f"{ranking.get(name)}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+    level = ranking.get("ci_level")
+    title = (
+        f"Policy success rate: BridgeSim vs learned world (Pearson {with_ci('pearson')}, Spearman "
+        f"{with_ci('spearman')}" + (f"; {level:.0%} bootstrap intervals)" if level else ")")
+    )
     fig.update_layout(
         title=title, height=480, xaxis_title="BridgeSim-v0", yaxis_title="BridgeWorld (learned)"
     )
