@@ -39,6 +39,7 @@ def test_cli_writes_metrics_and_a_self_contained_report(tmp_path):
     assert written["open_loop"]["count"][0] == 2
     assert written["ranking"]["policies"] == ["expert", "random"]
     assert len(written["ranking"]["sim_success_rate"]) == len(written["ranking"]["world_success_rate"]) == 2
+    assert {"pearson_ci", "spearman_ci", "ci_level"} <= set(written["ranking"])  # bootstrap intervals
     assert set(written["timings"]) >= {"open_loop", "counterfactual", "success", "ranking", "total"}
     # The success model saw the renders and their round trip through this model's tokenizer,
     # and it is measured on both kinds of held-out frames.
