@@ -1,9 +1,14 @@
-"""Flex-attention in the training layout, timed alone: forward + backward of one attention call at a
-preset's training shape, for several `training_block_mask` block sizes, against the same call with
-SDPA and the dense mask. Tells how much of a training step the block-sparse kernel costs and which tile
-size suits a preset's frame length (tiles across a frame boundary evaluate the mask per element).
+"""Flex-attention's tiles in the training layout, on the GPU.
 
-    python benchmarks/flex_block_size.py --preset base --batch 8 --variants 128 128/64 64/64
+1. One attention call at a preset's training shape, forward and forward + backward, for mask block sizes
+   (`training_block_mask`) and kernel tiles, against SDPA with the dense mask: which tiles suit a preset's
+   frame length (mask blocks across a frame boundary evaluate the mask per element).
+2. With `--step-batch N`: a whole dynamics training step (forward + backward of the flow loss, compiled
+   blocks, bf16 autocast, random latents; the encoder, data loading and optimiser left out) with
+   flex-attention's default tiles and with the training tiles (`dynamics.FLEX_KERNEL_OPTIONS`), default /
+   training / default in one process.
+
+    python benchmarks/flex_block_size.py --preset base --batch 8 --variants 128 128/64f 128/32f 128/64 --step-batch 8
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from worldsim.models import dynamics
 from worldsim.models.config import get_preset
 from worldsim.models.dynamics import (
     _compiled_flex_attention,
@@ -23,12 +29,13 @@ from worldsim.models.dynamics import (
     training_block_mask,
     training_frame_mask,
 )
-from worldsim.models.flow import training_sequence_frames
+from worldsim.models.flow import RectifiedFlow, training_sequence_frames
+from worldsim.models.world_model import WorldModel
 
 
-def timed(fn, repeats: int) -> float:
-    """Median ms of fn() over `repeats` runs, after 3 untimed ones."""
-    for _ in range(3):
+def timed(fn, repeats: int, warmup: int = 3) -> float:
+    """Median ms of fn() over `repeats` runs, after `warmup` untimed ones."""
+    for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
@@ -67,6 +74,47 @@ def make_attend(cfg, allowed: torch.Tensor, block: int | None, tile: str, flex):
     )
 
 
+def train_step_rows(cfg, batch: int, repeats: int) -> list[dict]:  # noqa: ANN001
+    """A dynamics training step with flex-attention's default tiles, the training tiles, then the defaults
+    again (the repeat shows the drift of the machine)."""
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = WorldModel(cfg).to(device)
+    for block in model.dynamics.blocks:
+        block.compile()
+    flow = RectifiedFlow(cfg, attention="flex")
+    z = torch.randn(
+        batch, cfg.num_frames, cfg.latent_channels, cfg.latent_height, cfg.latent_width, device=device
+    )
+    a = torch.randn(batch, cfg.num_frames - 1, cfg.action_dim, device=device)
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss, _ = flow.loss(model.dynamics, z, a)
+        loss.backward()
+
+    rows, tuned = [], dynamics.FLEX_KERNEL_OPTIONS
+    try:
+        for name, options in (("default tiles", None), ("training tiles", tuned), ("default tiles", None)):
+            dynamics.FLEX_KERNEL_OPTIONS = options
+            ms = timed(step, repeats, warmup=5)
+            rows.append(
+                {
+                    "variant": name,
+                    "kernel_options": options,
+                    "ms_per_step": ms,
+                    "windows_per_s": batch / ms * 1e3,
+                }
+            )
+            print(
+                f"train step, {name:15} {options}  {ms:7.2f} ms  {batch / ms * 1e3:7.1f} windows/s",
+                flush=True,
+            )
+    finally:
+        dynamics.FLEX_KERNEL_OPTIONS = tuned
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="base")
@@ -80,6 +128,9 @@ def main() -> None:
     )
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--no-sdpa", action="store_true", help="skip the dense-mask SDPA reference")
+    p.add_argument(
+        "--step-batch", type=int, default=0, help="also time a dynamics training step at this batch"
+    )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/flex_block_size.json"))
     args = p.parse_args()
     cfg = get_preset(args.preset)
@@ -139,6 +190,8 @@ def main() -> None:
     result = {"preset": args.preset, "batch": args.batch, "heads": cfg.heads, "head_dim": head_dim,
               "length": length, "tokens_per_frame": n, "device": torch.cuda.get_device_name(),
               "torch": torch.__version__, "rows": rows}  # fmt: skip
+    if args.step_batch:
+        result["train_step"] = train_step_rows(cfg, args.step_batch, args.repeats)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"{torch.cuda.get_device_name()}; wrote {args.out}")
