@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import tyro
 
+from worldsim.envs import worlds
 from worldsim.envs.bridge_world import BridgeWorldEnv, BridgeWorldVectorEnv
 from worldsim.models.config import get_preset
 from worldsim.models.world_model import WorldModel, best_device
@@ -54,10 +55,12 @@ class Args:
     steps: int = 30  # timed steps per point
     max_seconds: float = 60.0  # stop timing a point after this long (at least 2 steps)
     profile_steps: int = 0  # after timing each vector point, profile this many more steps: where a step goes
-    # partial resets of the vector env on CUDA: graphed (where they apply: N <= 256) and/or eager, timed
-    # back to back at each N for an A/B of the graphed resets
+    # partial resets of the vector env on CUDA: graphed (where they apply: N <= --graph-max-worlds) and/or
+    # eager, timed back to back at each N for an A/B of the graphed resets
     resets: tuple[Literal["graphed", "eager"], ...] = ("graphed",)
-    out: Path = Path("benchmarks/results/env_speed.json")
+    # vector envs up to this N step as one CUDA graph (None: the env's CUDA_GRAPH_MAX_WORLDS, 256)
+    graph_max_worlds: int | None = None
+    out: Path = Path("benchmarks/results/env_speed.json")  # the results as JSON
 
 
 def random_bundle(preset: str, folder: Path) -> Path:
@@ -139,6 +142,8 @@ def device_name(device: torch.device) -> str:
 
 def main(args: Args) -> dict:
     torch.set_num_threads(args.threads)
+    if args.graph_max_worlds is not None:
+        worlds.CUDA_GRAPH_MAX_WORLDS = args.graph_max_worlds
     device = best_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = random_bundle(args.preset, Path(tmp)) if args.preset else args.checkpoint

@@ -31,6 +31,11 @@ from worldsim.models.world_model import WorldModel, best_device, load_shared, re
 from worldsim.sim.spaces import ACTION_HIGH, ACTION_LOW
 
 _SEED_HIGH = 2**63 - 1  # rollout noise seeds are drawn from np_random in [0, this)
+# Up to this many worlds a step is one CUDA graph launch (models/cuda_graph.py: 51 -> 3.5 ms for one env on
+# an H100, 2.6 ms compiled), and partial resets are graphed too. Larger batches stay eager: a captured graph
+# pins its peak memory, and they were taken to be compute-bound; at N = 1024 launching the eager step still
+# took 15 ms of about 80 (H100, session 10), so `benchmarks/env_speed.py --graph-max-worlds` tries more.
+CUDA_GRAPH_MAX_WORLDS = 256
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _OPTIONS_HELP = (
     "use no options (a start frame shipped with the checkpoint), {'episode': PATH_TO_ANNOTATION_JSON, "
@@ -257,10 +262,11 @@ class _Worlds:
         """Predict every world's next frame for checked actions (B, 7); advance the commanded poses."""
         if not self.started:
             raise gym.error.ResetNeeded("call reset() before step()")
-        if self.rollout.device.type == "cuda" and self.rollout.cuda_graph is None and len(self.steps) <= 256:
-            # One graph launch per step (models/cuda_graph.py): 51 -> 3.5 ms for one env on an H100 (2.6 ms
-            # compiled). Larger batches are compute-bound and a captured graph pins its peak memory, so
-            # they stay eager.
+        if (
+            self.rollout.device.type == "cuda"
+            and self.rollout.cuda_graph is None
+            and len(self.steps) <= CUDA_GRAPH_MAX_WORLDS
+        ):
             self.rollout.enable_cuda_graph()
         with record_function("worlds: rollout step"):
             frames = self.rollout.step_device(actions)
