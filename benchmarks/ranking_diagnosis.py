@@ -31,7 +31,7 @@ import torch
 import tyro
 
 from worldsim.data.dataset import resize_frames
-from worldsim.eval.policy_ranking import ranking_correlation, start_episode
+from worldsim.eval.policy_ranking import ranking_confidence, ranking_correlation, start_episode
 from worldsim.eval.sim_pool import get_sim, sim_map
 from worldsim.eval.success import load_success_model
 from worldsim.models.world_model import WorldModel
@@ -166,12 +166,21 @@ def summarise(rows: list[dict], args: Args) -> dict:
         "per_policy": per_policy,
         "episodes": rows,
     }
+
+    def outcomes(key: str) -> np.ndarray:  # (policies, episodes) bool, episodes in seed order
+        return np.array([[bool(r[key]) for r in rows if r["policy"] == p] for p in args.policies])
+
     for k in keys[1:]:
         rates = np.array([per_policy[p][k] for p in args.policies])
         agreement = float(np.mean([r[k] == r["truth"] for r in rows]))
-        out[k] = {"agreement_with_truth": round(agreement, 4), **ranking_correlation(truth, rates)}
+        out[k] = {
+            "agreement_with_truth": round(agreement, 4),
+            **ranking_correlation(truth, rates),
+            **ranking_confidence(outcomes("truth"), outcomes(k)),
+        }
         print(
-            f"{k}: per-episode agreement with the truth {agreement:.2f}; rates vs truth: Pearson {out[k]['pearson']}, Spearman {out[k]['spearman']}"
+            f"{k}: per-episode agreement with the truth {agreement:.2f}; rates vs truth: Pearson {out[k]['pearson']} "
+            f"{out[k]['pearson_ci']}, Spearman {out[k]['spearman']} {out[k]['spearman_ci']} (95% bootstrap intervals)"
         )
     return out
 
