@@ -251,7 +251,10 @@ def ranking_confidence(
     both worlds). Each resample draws E episodes with replacement per policy, the same ones for both
     worlds, and recomputes the success rates and their correlations; the interval holds the central
     `level` of them (percentile bootstrap). It says how much of a correlation is the luck of the episodes
-    drawn: with 50-100 episodes per policy, near-ties between policies swing Spearman by a rank or two."""
+    drawn: with 50-100 episodes per policy, near-ties between policies swing Spearman by a rank or two.
+    It is the spread of the values other episodes would give, not a bias-corrected range: the observed value
+    can lie above it (resampling breaks ties, e.g. among policies that almost never succeed, which lowers a
+    rank correlation in most resamples)."""
     sim, world = np.asarray(sim_success, dtype=float), np.asarray(world_success, dtype=float)
     P, E = sim.shape
     rng = np.random.default_rng(seed)
