@@ -118,8 +118,9 @@ class MetricsLog:
 
 class ProfileWindow:
     """torch.profiler over iterations [start, start + iters) of a run (`trainer.profile_start` /
-    `trainer.profile_iters`; start 0 = never), as torchtitan's profiling option: on each rank, `rank{r}_ops.txt` (operators by
-    device time, then by CPU time) and a Chrome / Perfetto trace `rank{r}_trace.json` in `folder`."""
+    `trainer.profile_iters`; start 0 = never), as torchtitan's profiling option. Each rank writes
+    `rank{r}_ops.txt` (operators by device time, then by CPU time) and a Chrome / Perfetto trace
+    `rank{r}_trace.json` in `folder`."""
 
     def __init__(self, start: int, iters: int, folder: Path, rank: int, device: torch.device) -> None:
         self.start, self.stop = start, start + iters - 1
