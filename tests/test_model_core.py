@@ -276,6 +276,22 @@ def test_flex_attention_block_mask_attends_exactly_like_the_dense_mask() -> None
     assert (dense - flex).abs().max().item() < 1e-4
 
 
+def test_flex_forward_tile_sets_the_training_kernel_options():
+    """trainer.flex_forward_tile's effect: the forward tiles the training flex-attention is called with."""
+    from worldsim.models import dynamics
+
+    before = dynamics.FLEX_KERNEL_OPTIONS
+    try:
+        dynamics.set_flex_forward_tile(0)
+        assert dynamics.FLEX_KERNEL_OPTIONS is None  # flex-attention's own defaults
+        dynamics.set_flex_forward_tile(32)
+        assert dynamics.FLEX_KERNEL_OPTIONS == {"BLOCK_M": 32, "BLOCK_N": 32}
+        with pytest.raises(ValueError, match="48"):
+            dynamics.set_flex_forward_tile(48)
+    finally:
+        dynamics.FLEX_KERNEL_OPTIONS = before
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flex-attention's backward needs a CUDA device")
 def test_flex_training_loss_and_gradients_match_the_dense_mask_on_cuda() -> None:
     """The GPU training path with its tuned forward tiles (`FLEX_KERNEL_OPTIONS`): the `small` flow loss

@@ -67,6 +67,7 @@ def test_lr_schedule_warms_up_then_decays_linearly():
         (["dataset.root=/d", "trainer.max_minutes=5", "trainer.warmup_iter=1"], "trainer.warmup_iter=1"),
         (["dataset.root=/d", "trainer.stop_after_minutes=-1"], "trainer.stop_after_minutes=-1"),
         (["dataset.root=/d", "trainer.motion_weight=-2"], "trainer.motion_weight=-2"),
+        (["dataset.root=/d", "trainer.flex_forward_tile=48"], "trainer.flex_forward_tile=48"),
         (["experiment=bridge_small_decoder", "dataset.root=/d"], "load_path=''"),
     ],
 )

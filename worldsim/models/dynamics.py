@@ -330,6 +330,17 @@ def _training_block_mask(num_frames: int, window: int, n: int, device: str, bloc
 # 6.54 -> 2.07 ms, forward + backward 11.99 -> 7.64 ms, outputs within bf16 rounding
 # (`benchmarks/flex_block_size.py`); the backward keeps its defaults (64 there too made it slower).
 FLEX_KERNEL_OPTIONS: dict[str, int] | None = {"BLOCK_M": 64, "BLOCK_N": 64}
+FLEX_FORWARD_TILES = (0, 16, 32, 64, 128)  # what `set_flex_forward_tile` takes; 0 = flex-attention's defaults
+
+
+def set_flex_forward_tile(tile: int) -> None:
+    """Set the training flex-attention's forward tiles (BLOCK_M = BLOCK_N = tile) for this process, or
+    flex-attention's own defaults with 0 (`trainer.flex_forward_tile`: 64 suits an H100; other GPUs or
+    head sizes may prefer others)."""
+    global FLEX_KERNEL_OPTIONS
+    if tile not in FLEX_FORWARD_TILES:
+        raise ValueError(f"flex forward tile must be one of {FLEX_FORWARD_TILES}, got {tile!r}")
+    FLEX_KERNEL_OPTIONS = {"BLOCK_M": tile, "BLOCK_N": tile} if tile else None
 
 
 @functools.cache

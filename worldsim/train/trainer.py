@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from worldsim.models.config import WorldModelConfig
+from worldsim.models.dynamics import set_flex_forward_tile
 from worldsim.models.flow import training_sequence_frames
 from worldsim.models.world_model import WorldModel
 from worldsim.train.checkpoint import CheckpointManager, rng_state
@@ -184,6 +185,7 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
 
     param_dtype = resolve_precision(t.precision, device)
     attention = resolve_attention(t.attention, device)
+    set_flex_forward_tile(t.flex_forward_tile)  # read when the blocks are traced
     root = StageModule(model, cfg.stage, param_dtype, attention, t.motion_weight)
     parallelize(root, model, device, param_dtype, t.activation_checkpointing, t.compile)
     params = [p for p in model.parameters() if p.requires_grad]
