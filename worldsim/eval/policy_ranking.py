@@ -230,14 +230,6 @@ def ranking_correlation(sim_rates: np.ndarray, world_rates: np.ndarray) -> dict[
     return out
 
 
-def _rowwise_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pearson r of each row pair of x, y (n, P); NaN where a row is constant."""
-    xc, yc = x - x.mean(axis=1, keepdims=True), y - y.mean(axis=1, keepdims=True)
-    den = np.sqrt((xc * xc).sum(axis=1) * (yc * yc).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (xc * yc).sum(axis=1) / den, np.nan)
-
-
 def ranking_confidence(
     sim_success: np.ndarray,
     world_success: np.ndarray,
@@ -267,7 +259,9 @@ def ranking_confidence(
         ("pearson", (sim_rates, world_rates)),
         ("spearman", (stats.rankdata(sim_rates, axis=1), stats.rankdata(world_rates, axis=1))),
     ):
-        r = _rowwise_pearson(x, y)
+        with warnings.catch_warnings():  # a constant row (no correlation defined) gives NaN, left out below
+            warnings.simplefilter("ignore")
+            r = stats.pearsonr(x, y, axis=1).statistic
         r = r[np.isfinite(r)]
         out[f"{name}_ci"] = (
             None
