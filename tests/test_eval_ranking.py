@@ -53,6 +53,8 @@ def test_bootstrap_intervals_are_tight_for_a_faithful_world_and_wide_for_a_blind
     wide = ranking_confidence(sim400[:, :50], noisy_world[:, :50])["pearson_ci"]
     narrow = ranking_confidence(sim400, noisy_world)["pearson_ci"]
     assert narrow[1] - narrow[0] < wide[1] - wide[0]
+    # every policy at the same rate in every resample: no correlation is defined, so no interval
+    assert ranking_confidence(np.ones((5, 30), bool), sim[:, :30])["pearson_ci"] is None
 
 
 def test_correlation_is_undefined_for_a_constant_world():
