@@ -5,7 +5,7 @@
    frame length (mask blocks across a frame boundary evaluate the mask per element).
 2. With `--step-batch N`: a whole dynamics training step (forward + backward of the flow loss, compiled
    blocks, bf16 autocast, random latents; the encoder, data loading and optimiser left out) with
-   flex-attention's default tiles and with the training tiles (`dynamics.FLEX_KERNEL_OPTIONS`), default /
+   flex-attention's default tiles and with the training tiles (`trainer.flex_forward_tile`), default /
    training / default in one process.
 
     python benchmarks/flex_block_size.py --preset base --batch 8 --variants 128 128/64f 128/32f 128/64 --step-batch 8
@@ -31,6 +31,7 @@ from worldsim.models.dynamics import (
 )
 from worldsim.models.flow import RectifiedFlow, training_sequence_frames
 from worldsim.models.world_model import WorldModel
+from worldsim.train.config import TrainerConfig
 
 
 def timed(fn, repeats: int, warmup: int = 3) -> float:
@@ -93,11 +94,12 @@ def train_step_rows(cfg, batch: int, repeats: int) -> list[dict]:  # noqa: ANN00
             loss, _ = flow.loss(model.dynamics, z, a)
         loss.backward()
 
-    rows, tuned = [], dynamics.FLEX_KERNEL_OPTIONS
+    rows, tuned = [], TrainerConfig().flex_forward_tile
     try:
-        for name, options in (("default tiles", None), ("training tiles", tuned), ("default tiles", None)):
-            dynamics.FLEX_KERNEL_OPTIONS = options
+        for name, tile in (("default tiles", 0), ("training tiles", tuned), ("default tiles", 0)):
+            dynamics.set_flex_forward_tile(tile)
             ms = timed(step, repeats, warmup=5)
+            options = dynamics.FLEX_KERNEL_OPTIONS
             rows.append(
                 {
                     "variant": name,
@@ -111,7 +113,7 @@ def train_step_rows(cfg, batch: int, repeats: int) -> list[dict]:  # noqa: ANN00
                 flush=True,
             )
     finally:
-        dynamics.FLEX_KERNEL_OPTIONS = tuned
+        dynamics.set_flex_forward_tile(tuned)
     return rows
 
 
@@ -122,7 +124,7 @@ def main() -> None:
     p.add_argument(
         "--variants",
         nargs="+",
-        default=["128", "128/64", "64/64"],
+        default=["128", "128/64f", "128/32f", "128/64"],
         help="MASK_BLOCK[/KERNEL_TILE] per flex variant: no tile = flex-attention's defaults, 64 = forward and "
         "backward tiles 64, 64f = the forward's alone",
     )
