@@ -84,6 +84,18 @@ def test_cache_written_once_then_reused_without_decoding(root, tmp_path, monkeyp
     assert not list((tmp_path / "cache").glob("*.tmp")) and not list((tmp_path / "cache").glob(".*"))
 
 
+def test_cache_built_in_worker_processes_equals_the_serial_build(root, tmp_path):
+    serial = make(root, tmp_path / "serial")
+    assert serial.build_cache(progress=False) == 4
+    parallel = BridgeWindowDataset(
+        root, "train", num_frames=5, resolution=(24, 32), cache_dir=tmp_path / "par"
+    )
+    assert parallel.build_cache(workers=2, progress=False) == 4
+    for i in range(4):
+        assert parallel.is_cached(i)
+        np.testing.assert_array_equal(np.load(parallel.cache_paths(i)[0]), np.load(serial.cache_paths(i)[0]))
+
+
 def test_cache_default_location_and_invalidation(tmp_path):
     write_episode(tmp_path, 0, T=5)
     ds = BridgeWindowDataset(tmp_path, "train", num_frames=5, resolution=(24, 32))
@@ -151,6 +163,16 @@ def test_bad_video_raises_or_is_skipped_by_prepare(tmp_path):
     with pytest.warns(UserWarning, match=r"1\.json"):
         ds.prepare(progress=False)
     assert [e.episode_id for e in ds.episodes] == ["0", "2"] and len(ds) == 2 * 3
+    # the same in worker processes: the error crosses the process boundary, and skip_bad still skips
+    ds = BridgeWindowDataset(tmp_path, "train", num_frames=3, resolution=(24, 32), cache_dir=tmp_path / "c1")
+    with pytest.raises(BridgeFormatError, match=r"1\.json.*has 4 frames"):
+        ds.build_cache(workers=2, progress=False)
+    ds = BridgeWindowDataset(
+        tmp_path, "train", num_frames=3, resolution=(24, 32), skip_bad=True, cache_dir=tmp_path / "c2"
+    )
+    with pytest.warns(UserWarning, match=r"1\.json"):
+        assert ds.build_cache(workers=2, progress=False) == 2
+    assert [e.episode_id for e in ds.episodes] == ["0", "2"]
 
 
 def test_skip_bad_json_in_dataset(tmp_path):

@@ -18,9 +18,10 @@ progress bar; otherwise entries are built on first access.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import warnings
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +215,7 @@ class BridgeWindowDataset(Dataset):
         return frames
 
     def build_cache(self, workers: int = 1, progress: bool = True) -> int:
-        """Decode every episode not yet cached, `workers` threads at a time; returns how many were built.
+        """Decode every episode not yet cached, in `workers` processes; returns how many were built.
 
         A video that fails to decode (corrupt, wrong frame count) raises BridgeFormatError, unless the
         dataset was made with skip_bad=True: then the episode is dropped (with a warning) and the window
@@ -224,28 +225,29 @@ class BridgeWindowDataset(Dataset):
             raise RuntimeError("build_cache() on a dataset made with cache=False")
         todo = [i for i in range(len(self.episodes)) if not self.is_cached(i)]
         bad: dict[int, str] = {}
-
-        def build(i: int) -> None:
-            try:
-                self._build_entry(i)
-            except BridgeFormatError as e:
-                if not self.skip_bad:
-                    raise
-                bad[i] = str(e)
-
         bar = tqdm(total=len(todo), desc=f"caching {self.split} frames", unit="ep", disable=not progress)
-        # PyAV decoding and torch resizing release the GIL, so threads overlap real work. With several
-        # threads each resize runs single-threaded: 60 threads each starting an OpenMP team of every core
-        # left a 64-core host at a load average of 335 (caching fell to ~3 episodes/s beside another job).
-        threads = torch.get_num_threads()
-        if workers > 1:
-            torch.set_num_threads(1)
-        try:
-            with bar, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-                for _ in pool.map(build, todo):
+        with bar:
+            if workers <= 1 or len(todo) <= 1:
+                for i in todo:
+                    if (reason := _build_cache_entry(self, i)) is not None:
+                        bad[i] = reason
                     bar.update(1)
-        finally:
-            torch.set_num_threads(threads)
+            else:
+                # Processes, not threads: 54 threads on a 64-core host cached only ~23 episodes/s (6,000 in
+                # 262 s), the per-frame Python work serialised on the GIL. Forked where the OS can (spawn
+                # would re-run a `python -` or notebook __main__ it cannot find), as DataLoader workers are,
+                # and like them each child resizes with one torch thread: no OpenMP team inherited from the
+                # parent is entered, and N processes do not each start a team of every core.
+                method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+                ctx = multiprocessing.get_context(method)
+                n = min(workers, len(todo))
+                with ProcessPoolExecutor(
+                    n, mp_context=ctx, initializer=_init_cache_worker, initargs=(self,)
+                ) as pool:
+                    for i, reason in zip(todo, pool.map(_build_in_worker, todo, chunksize=4)):
+                        if reason is not None:
+                            bad[i] = reason
+                        bar.update(1)
         if bad:
             for reason in bad.values():
                 warnings.warn(f"skipping bad Bridge episode: {reason}", stacklevel=2)
@@ -259,3 +261,28 @@ class BridgeWindowDataset(Dataset):
         if self.cache:
             self.build_cache(workers=workers, progress=progress)
         return self
+
+
+def _build_cache_entry(ds: BridgeWindowDataset, i: int) -> str | None:
+    """Builds episode i's cache entry; returns why it was skipped (skip_bad) or None. Other errors raise."""
+    try:
+        ds._build_entry(i)
+    except BridgeFormatError as e:
+        if not ds.skip_bad:
+            raise
+        return str(e)
+    return None
+
+
+_WORKER_DATASET: BridgeWindowDataset | None = None  # the dataset a cache-building process works on
+
+
+def _init_cache_worker(ds: BridgeWindowDataset) -> None:
+    global _WORKER_DATASET
+    torch.set_num_threads(1)
+    _WORKER_DATASET = ds
+
+
+def _build_in_worker(i: int) -> str | None:
+    assert _WORKER_DATASET is not None, "_init_cache_worker did not run"
+    return _build_cache_entry(_WORKER_DATASET, i)
