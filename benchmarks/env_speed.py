@@ -58,7 +58,7 @@ class Args:
     # partial resets of the vector env on CUDA: graphed (where they apply: N <= --graph-max-worlds) and/or
     # eager, timed back to back at each N for an A/B of the graphed resets
     resets: tuple[Literal["graphed", "eager"], ...] = ("graphed",)
-    # vector envs up to this N step as one CUDA graph (None: the env's CUDA_GRAPH_MAX_WORLDS, 256)
+    # vector envs up to this N step as one CUDA graph (None: the env's CUDA_GRAPH_MAX_WORLDS, 1024)
     graph_max_worlds: int | None = None
     out: Path = Path("benchmarks/results/env_speed.json")  # the results as JSON
 

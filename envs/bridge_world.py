@@ -115,7 +115,7 @@ class BridgeWorldEnv(gym.Env):
     - `clip_warn`: warn (once) when an action is clipped.
     - `compile`: `torch.compile` the transformer, and on CUDA the decoder too (about 20 s at the first
       step; then about 20% faster steps on a CPU, and 3.5 -> 2.6 ms per step for one env on an H100).
-      On CUDA every batch of up to 256 worlds also runs as CUDA graphs, compiled or not.
+      On CUDA every batch of up to 1024 worlds also runs as CUDA graphs, compiled or not.
     - `success_model`: `"auto"` (the checkpoint's `success.safetensors` if it ships one), None (no
       success judgement), a path, or a loaded `worldsim.eval.success.SuccessModel`.
 

@@ -32,10 +32,11 @@ from worldsim.sim.spaces import ACTION_HIGH, ACTION_LOW
 
 _SEED_HIGH = 2**63 - 1  # rollout noise seeds are drawn from np_random in [0, this)
 # Up to this many worlds a step is one CUDA graph launch (models/cuda_graph.py: 51 -> 3.5 ms for one env on
-# an H100, 2.6 ms compiled), and partial resets are graphed too. Larger batches stay eager: a captured graph
-# pins its peak memory, and they were taken to be compute-bound; at N = 1024 launching the eager step still
-# took 15 ms of about 80 (H100, session 10), so `benchmarks/env_speed.py --graph-max-worlds` tries more.
-CUDA_GRAPH_MAX_WORLDS = 256
+# an H100, 2.6 ms compiled), and partial resets are graphed too. Larger batches stay eager (a captured graph
+# pins its peak memory). At N = 1024 launching the eager step took 15 ms of about 80 (H100, session 10); one
+# graph per step there gave 14,221 frames/s against 11,859 eager in the steady state (H200, session 12,
+# `benchmarks/env_speed.py --graph-max-worlds 1024` vs 256), so graphs now go up to 1024 worlds.
+CUDA_GRAPH_MAX_WORLDS = 1024
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _OPTIONS_HELP = (
     "use no options (a start frame shipped with the checkpoint), {'episode': PATH_TO_ANNOTATION_JSON, "
