@@ -86,8 +86,12 @@ class TrainStream:
         world_size: int,
         seed: int,
         num_workers: int,
+        pin_memory: bool = False,
     ) -> None:
         self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
+        # Pinned batches copy to the GPU asynchronously and at full speed: the profile of a `base` step on
+        # an H200 showed the pageable host-to-device copy of each batch at 5% of the GPU time.
+        self.pin_memory = pin_memory
         self.sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed, drop_last=True)
         self.batches_per_epoch = len(self.sampler) // batch_size
         if self.batches_per_epoch == 0:
@@ -108,6 +112,7 @@ class TrainStream:
                 self.dataset,
                 batch_sampler=batches[self.position.index :],
                 num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
                 generator=_private_generator(),
             )
             for batch in loader:

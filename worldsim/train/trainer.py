@@ -176,7 +176,15 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
         (job_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
 
     model, note = build_model(model_cfg, cfg, initial, resume is not None, info)
-    stream = TrainStream(train_ds, t.batch_size, info.rank, info.world_size, t.seed, cfg.dataset.num_workers)
+    stream = TrainStream(
+        train_ds,
+        t.batch_size,
+        info.rank,
+        info.world_size,
+        t.seed,
+        cfg.dataset.num_workers,
+        device.type == "cuda",
+    )
     if cfg.stage != "tokenizer" and resume is None and latent_stats_are_default(model):
         # The flow model wants ~unit-variance latents; a fresh tokenizer checkpoint has none recorded yet.
         sample = val_batches(train_ds, t.batch_size, info.rank, info.world_size, n=8)
@@ -246,7 +254,9 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
         for micro in range(t.grad_accum):
             batch = next(data)
             root.set_requires_gradient_sync(micro == t.grad_accum - 1)  # reduce-scatter once per step
-            loss, logs = root(batch["video"].to(device, non_blocking=True), batch["action"].to(device))
+            loss, logs = root(
+                batch["video"].to(device, non_blocking=True), batch["action"].to(device, non_blocking=True)
+            )
             (loss / t.grad_accum).backward()
             loss_sum = loss_sum + loss.detach().float() / t.grad_accum
             for k, v in logs.items():
