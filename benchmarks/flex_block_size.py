@@ -51,15 +51,22 @@ def timed(fn, repeats: int, warmup: int = 3) -> float:
 
 def kernel_options(tile: str) -> dict | None:
     """Flex-attention's kernel tiles: "" = its defaults, "64" = forward and backward tiles 64 (a mask block
-    smaller than the default tiles needs tiles that divide it), "64f" = the forward's alone."""
+    smaller than the default tiles needs tiles that divide it), "64f" = the forward's alone. A "+bMxN" suffix
+    sets the backward's tiles too: BLOCK_M1 = M, BLOCK_N1 = N for its key/value pass, BLOCK_M2 = N,
+    BLOCK_N2 = M for its query pass (e.g. "64f+b32x64")."""
     if not tile:
         return None
+    forward, _, backward = tile.partition("+b")
     keys = (
         ("BLOCK_M", "BLOCK_N")
-        if tile.endswith("f")
+        if forward.endswith("f")
         else ("BLOCK_M", "BLOCK_N", "BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2")
     )
-    return dict.fromkeys(keys, int(tile.removesuffix("f")))
+    options = dict.fromkeys(keys, int(forward.removesuffix("f")))
+    if backward:
+        m, n = (int(v) for v in backward.split("x"))
+        options.update(BLOCK_M1=m, BLOCK_N1=n, BLOCK_M2=n, BLOCK_N2=m)
+    return options
 
 
 def make_attend(cfg, allowed: torch.Tensor, block: int | None, tile: str, flex):  # noqa: ANN001, ANN201
@@ -126,7 +133,7 @@ def main() -> None:
         nargs="+",
         default=["128", "128/64f", "128/32f", "128/64"],
         help="MASK_BLOCK[/KERNEL_TILE] per flex variant: no tile = flex-attention's defaults, 64 = forward and "
-        "backward tiles 64, 64f = the forward's alone",
+        "backward tiles 64, 64f = the forward's alone, 64f+b32x64 = also the backward's (see kernel_options)",
     )
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--no-sdpa", action="store_true", help="skip the dense-mask SDPA reference")
