@@ -233,11 +233,12 @@ class BridgeWindowDataset(Dataset):
                         bad[i] = reason
                     bar.update(1)
             else:
-                # Processes, not threads: 54 threads on a 64-core host cached only ~23 episodes/s (6,000 in
-                # 262 s), the per-frame Python work serialised on the GIL. Forked where the OS can (spawn
-                # would re-run a `python -` or notebook __main__ it cannot find), as DataLoader workers are,
-                # and like them each child resizes with one torch thread: no OpenMP team inherited from the
-                # parent is entered, and N processes do not each start a team of every core.
+                # Processes, not threads: 54 threads on a 64-core host cached only ~23 episodes/s (6,000
+                # in 262 s), most likely the per-frame Python work serialised on the GIL; 31 processes on
+                # 32 cores did 106 episodes/s. Forked where the OS can (spawn would re-run a `python -` or
+                # notebook __main__ it cannot find), as DataLoader workers are, and like them each child
+                # resizes with one torch thread: no OpenMP team inherited from the parent is entered, and
+                # N processes do not each start a team of every core.
                 method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
                 ctx = multiprocessing.get_context(method)
                 n = min(workers, len(todo))
