@@ -22,6 +22,7 @@ import multiprocessing
 import warnings
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -226,29 +227,30 @@ class BridgeWindowDataset(Dataset):
         todo = [i for i in range(len(self.episodes)) if not self.is_cached(i)]
         bad: dict[int, str] = {}
         bar = tqdm(total=len(todo), desc=f"caching {self.split} frames", unit="ep", disable=not progress)
-        with bar:
-            if workers <= 1 or len(todo) <= 1:
-                for i in todo:
-                    if (reason := _build_cache_entry(self, i)) is not None:
-                        bad[i] = reason
-                    bar.update(1)
+        pool = None
+        if workers > 1 and len(todo) > 1:
+            # Processes, not threads: 54 threads on a 64-core host cached only ~23 episodes/s (6,000 in
+            # 262 s), most likely the per-frame Python work serialised on the GIL; 31 processes on 32 cores
+            # did 106 episodes/s. Forked where the OS can (spawn would re-run a `python -` or notebook
+            # __main__ it cannot find), as DataLoader workers are, and like them each child resizes with one
+            # torch thread: no OpenMP team inherited from the parent is entered, and N processes do not
+            # each start a team of every core.
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            pool = ProcessPoolExecutor(
+                min(workers, len(todo)),
+                mp_context=multiprocessing.get_context(method),
+                initializer=_init_cache_worker,
+                initargs=(self,),
+            )
+        with bar, pool or nullcontext():
+            if pool:
+                reasons = pool.map(_build_in_worker, todo, chunksize=4)
             else:
-                # Processes, not threads: 54 threads on a 64-core host cached only ~23 episodes/s (6,000
-                # in 262 s), most likely the per-frame Python work serialised on the GIL; 31 processes on
-                # 32 cores did 106 episodes/s. Forked where the OS can (spawn would re-run a `python -` or
-                # notebook __main__ it cannot find), as DataLoader workers are, and like them each child
-                # resizes with one torch thread: no OpenMP team inherited from the parent is entered, and
-                # N processes do not each start a team of every core.
-                method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-                ctx = multiprocessing.get_context(method)
-                n = min(workers, len(todo))
-                with ProcessPoolExecutor(
-                    n, mp_context=ctx, initializer=_init_cache_worker, initargs=(self,)
-                ) as pool:
-                    for i, reason in zip(todo, pool.map(_build_in_worker, todo, chunksize=4)):
-                        if reason is not None:
-                            bad[i] = reason
-                        bar.update(1)
+                reasons = (_build_cache_entry(self, i) for i in todo)
+            for i, reason in zip(todo, reasons):
+                if reason is not None:
+                    bad[i] = reason
+                bar.update(1)
         if bad:
             for reason in bad.values():
                 warnings.warn(f"skipping bad Bridge episode: {reason}", stacklevel=2)
