@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldsim.data.dataset import BridgeWindowDataset
+from worldsim.eval.open_loop import make_dataset
 from worldsim.models.flow import sampling_times
 from worldsim.models.world_model import WorldModel
 from worldsim.train.stages import StageModule
@@ -29,17 +29,9 @@ from worldsim.train.stages import StageModule
 
 def windows(root: Path, split: str, model: WorldModel, count: int, batch: int) -> list[dict]:
     """`count` training-shaped windows spread evenly over the split, in batches of `batch`."""
-    cfg = model.cfg
-    ds = BridgeWindowDataset(
-        root,
-        split,
-        num_frames=cfg.num_frames,
-        resolution=(cfg.height, cfg.width),
-        gripper_signal=cfg.gripper_signal,  # type: ignore[arg-type]
-        action_scaler=cfg.action_scaler,
-    )
+    ds = make_dataset(str(root), split, model, num_frames=model.cfg.num_frames)
     if len(ds) == 0:
-        raise SystemExit(f"{root}: no {cfg.num_frames}-frame windows in the {split} split")
+        raise SystemExit(f"{root}: no {model.cfg.num_frames}-frame windows in the {split} split")
     picks = np.linspace(0, len(ds) - 1, min(count, len(ds))).round().astype(int)
     items = [ds[int(i)] for i in picks]
     return [

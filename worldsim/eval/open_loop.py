@@ -52,13 +52,14 @@ def _json_list(values: np.ndarray) -> list[float | None]:
     return [None if not np.isfinite(v) else round(float(v), 4) for v in values]
 
 
-def make_dataset(root: str, split: str, model: WorldModel) -> BridgeWindowDataset:
-    """The split at the model's resolution, with the model's action conventions (frames cached)."""
+def make_dataset(root: str, split: str, model: WorldModel, num_frames: int = 2) -> BridgeWindowDataset:
+    """The split at the model's resolution, with the model's action conventions (frames cached), in windows
+    of `num_frames` (2: every start frame of an episode; the rollouts read whole episodes)."""
     cfg = model.cfg
     return BridgeWindowDataset(
         root,
         split,
-        num_frames=2,
+        num_frames=num_frames,
         resolution=(cfg.height, cfg.width),
         gripper_signal=cfg.gripper_signal,  # type: ignore[arg-type]
         action_scaler=cfg.action_scaler,
