@@ -465,3 +465,23 @@ def test_motion_weighted_loss_reweights_the_same_errors():
     assert not torch.allclose(plain, weighted)
     with pytest.raises(ValueError, match="motion_weight"):
         RectifiedFlow(cfg, motion_weight=-1.0)
+
+
+def test_distill_loss_is_zero_for_a_one_step_teacher_and_trains_only_the_student():
+    """Distilling a 1-step sampler into itself is exact (the loss is 0); with a 2-step teacher the loss
+    is positive, and its gradient reaches the student but never the frozen teacher."""
+    teacher = random_model(seed=1).dynamics
+    cfg = teacher.cfg
+    z = torch.randn(2, cfg.num_frames, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
+    a = torch.randn(2, cfg.num_frames - 1, cfg.action_dim)
+    flow = RectifiedFlow(cfg)
+    with torch.no_grad():
+        same, logs = flow.distill_loss(teacher, teacher, z, a, teacher_steps=1, teacher_shift=cfg.time_shift)
+    assert float(same) < 1e-10 and set(logs) == {"distill_mse", "teacher_latent_mse"}
+    student = random_model(seed=1).dynamics.train()
+    teacher.requires_grad_(False)
+    loss, _ = flow.distill_loss(student, teacher, z, a, teacher_steps=2, teacher_shift=6.0)
+    assert float(loss) > 1e-6
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert sum(float(p.grad.abs().sum()) for p in student.parameters() if p.grad is not None) > 0

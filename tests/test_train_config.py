@@ -29,8 +29,8 @@ def error_of(argv: list[str], capsys) -> str:
 
 def test_every_experiment_builds_and_the_cosmos_keys_override():
     for name in EXPERIMENTS:
-        # the decoder stage sharpens a trained model's decoder: it needs that model
-        extra = ["load_path=/ckpt"] if EXPERIMENTS[name].stage == "decoder" else []
+        # the decoder and distill stages start from a trained model: they need it
+        extra = ["load_path=/ckpt"] if EXPERIMENTS[name].stage in ("decoder", "distill") else []
         cfg = load_config([f"experiment={name}", "dataset.root=/data", *extra])
         assert cfg.experiment == name and cfg.job.name == name
         cfg.model.build()
@@ -69,6 +69,11 @@ def test_lr_schedule_warms_up_then_decays_linearly():
         (["dataset.root=/d", "trainer.motion_weight=-2"], "trainer.motion_weight=-2"),
         (["dataset.root=/d", "trainer.flex_forward_tile=48"], "trainer.flex_forward_tile=48"),
         (["experiment=bridge_small_decoder", "dataset.root=/d"], "load_path=''"),
+        (["experiment=bridge_small_distill", "dataset.root=/d"], "load_path='': required for stage=distill"),
+        (
+            ["dataset.root=/d", "load_path=/c", "stage=distill", "trainer.distill_teacher_steps=0"],
+            "trainer.distill_teacher_steps=0",
+        ),  # fmt: skip
     ],
 )
 def test_bad_config_is_a_clear_error_naming_the_key(argv, expected, capsys):

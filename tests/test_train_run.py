@@ -230,6 +230,45 @@ def test_decoder_stage_trains_the_decoder_alone(reference, out, data, tmp_path):
     assert any(not torch.equal(after["model." + k], before["ema." + k]) for k in decoder)
 
 
+def test_distill_stage_teaches_the_student_one_step_sampling(reference, out, data, tmp_path):
+    """stage=distill from a trained model: the distillation loss falls, the checkpoint is a 1-step model,
+    and its 1-step rollout lands nearer the teacher's 2-step rollout than the teacher's own single step
+    does (same start, actions and noise)."""
+    import numpy as np
+
+    from worldsim.data.dataset import BridgeWindowDataset
+    from worldsim.models.world_model import WorldModel
+    from worldsim.train.convert import main as convert
+
+    run(python_cmd("experiment=bridge_tiny", "stage=distill", f"dataset.root={data}", "job.name=distill",
+                   f"load_path={reference / 'checkpoints'}", "model.overrides.denoise_steps=1",
+                   "trainer.max_iter=40", "trainer.log_every=5", "trainer.val_every=40",
+                   "trainer.val_rollout_steps=2"), train_env(out))  # fmt: skip
+    logs = metrics(job_dir(out, "distill"))
+    train = [m for m in logs if "distill_mse" in m]
+    assert train[-1]["distill_mse"] < 0.5 * train[0]["distill_mse"], [m["distill_mse"] for m in train]
+    assert any("val_distill_mse" in m and "val_rollout_psnr" in m for m in logs)
+    models = {}
+    for name, job in (("teacher", reference), ("student", job_dir(out, "distill"))):
+        ckpt = job / "checkpoints" / ("iter_000000030" if name == "teacher" else "iter_000000040") / "model"
+        assert convert([str(ckpt), str(tmp_path / name)]) == 0
+        models[name] = WorldModel.from_pretrained(tmp_path / name / "bundle")
+    assert models["student"].cfg.denoise_steps == 1 and models["teacher"].cfg.denoise_steps == 2
+    frames = BridgeWindowDataset(data, "val", resolution=(32, 48)).episode_frames(0)[:1]
+    actions = np.random.default_rng(0).uniform(-0.02, 0.02, (8, 7)) * [1, 1, 1, 5, 5, 5, 0]
+    actions[:, 6] = 1.0  # gripper open
+
+    def roll(model, steps):
+        r = model.rollout(batch_size=1, denoise_steps=steps, seed=3)
+        r.reset(frames)
+        return np.stack([r.step(a[None])[0] for a in actions]).astype(np.float64)
+
+    target = roll(models["teacher"], 2)
+    own_step = np.mean((roll(models["teacher"], 1) - target) ** 2)
+    student = np.mean((roll(models["student"], 1) - target) ** 2)
+    assert student < own_step, (student, own_step)
+
+
 def test_convert_writes_weight_files_and_a_bundle_equal_to_the_ema(reference, data, tmp_path):
     import numpy as np
 

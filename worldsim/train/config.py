@@ -22,7 +22,7 @@ from worldsim.models.config import PRESETS, WorldModelConfig, get_preset
 from worldsim.models.dynamics import FLEX_FORWARD_TILES
 from worldsim.models.flow import ATTENTION_BACKENDS
 
-STAGES = ("tokenizer", "decoder", "video2world", "action")
+STAGES = ("tokenizer", "decoder", "video2world", "action", "distill")
 PRECISIONS = ("auto", "bf16", "fp32")
 ATTENTIONS = ("auto", *ATTENTION_BACKENDS)  # auto: flex on CUDA, sdpa elsewhere
 POST_TRAINING_LR = 2**-14.5  # Cosmos-Predict2.5 action post-training learning rate
@@ -83,6 +83,9 @@ class TrainerConfig:
     # frame (the arm, a pushed or carried block) than the still background (`motion_weights` in
     # worldsim/models/flow.py); 0 = plain MSE
     motion_weight: float = 0.0
+    # stage=distill: Euler steps of the teacher's sampler that the student learns to do in one (the
+    # teacher samples on its own config's schedule shift, `time_shift`)
+    distill_teacher_steps: int = 2
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     precision: str = "auto"  # bf16 | fp32 | auto (bf16 on CUDA, fp32 on CPU)
     # Wall-clock budget in minutes (0 = none): after `warmup_iter` steps the speed measured over the
@@ -127,7 +130,7 @@ class TrainConfig:
     """One training run."""
 
     experiment: str = "bridge_tiny"
-    stage: str = "action"  # tokenizer | decoder | video2world | action
+    stage: str = "action"  # tokenizer | decoder | video2world | action | distill
     load_path: str = ""  # initial model weights (DCP checkpoint, .pt or .safetensors); "" = none
     # The tokenizer's weights (latent statistics included) from here instead of load_path: a newly trained
     # tokenizer under a trained dynamics, or (stage=tokenizer) the tokenizer to train on; "" = none
@@ -199,6 +202,15 @@ EXPERIMENTS: dict[str, TrainConfig] = {
             "small",
             trainer=dict(max_iter=20_000, batch_size=8, warmup_iter=500),
         ),
+        # One-step sampling: the bundled model (load_path) as teacher and starting point; the student keeps
+        # its shapes and samples with 1 Euler step (model.overrides.denoise_steps), one pass a frame.
+        _experiment(
+            "bridge_small_distill",
+            "distill",
+            "small",
+            trainer=dict(max_iter=5_000, batch_size=32, lr=1e-4, warmup_iter=200),
+            model={"overrides": {"denoise_steps": 1}},
+        ),
         _experiment(
             "bridge_base_action",
             "action",
@@ -258,9 +270,15 @@ def check_config(cfg: TrainConfig) -> None:
         "required for stage=decoder: it fine-tunes the decoder of a trained model (a DCP checkpoint or bundle)",
     )
     need(
-        not cfg.tokenizer_path or cfg.stage != "decoder",
+        cfg.stage != "distill" or bool(cfg.load_path),
+        "load_path",
+        "required for stage=distill: the trained action model (a DCP checkpoint or bundle) that is the "
+        "teacher and the student's starting point",
+    )
+    need(
+        not cfg.tokenizer_path or cfg.stage not in ("decoder", "distill"),
         "tokenizer_path",
-        "not for stage=decoder (its load_path names the whole model whose decoder it sharpens)",
+        "not for stage=decoder or distill (their load_path names the whole trained model)",
     )
     need(
         bool(cfg.dataset.root), "dataset.root", "required: a Bridge-format dataset folder (dataset.root=DIR)"
@@ -295,6 +313,7 @@ def check_config(cfg: TrainConfig) -> None:
     )
     need(t.profile_start >= 0, "trainer.profile_start", "must be >= 0 (0 = no profile)")
     need(t.profile_iters > 0, "trainer.profile_iters", "must be > 0")
+    need(t.distill_teacher_steps >= 1, "trainer.distill_teacher_steps", "must be >= 1")
     need(t.motion_weight >= 0, "trainer.motion_weight", "must be >= 0 (0 = plain MSE)")
     need(cfg.dataset.num_workers >= 0, "dataset.num_workers", "must be >= 0")
     need(cfg.dataset.stride > 0, "dataset.stride", "must be > 0")

@@ -58,8 +58,9 @@ def _count(fn: Any) -> int:
     return sum(_count_split(fn))
 
 
-def train_flops_per_window(cfg: WorldModelConfig, stage: str) -> float:
-    """FLOPs of one training window (all its frames) in `stage`, counted on the meta device."""
+def train_flops_per_window(cfg: WorldModelConfig, stage: str, teacher_steps: int = 0) -> float:
+    """FLOPs of one training window (all its frames) in `stage`, counted on the meta device; stage
+    distill adds its teacher's `teacher_steps` forward passes."""
     with torch.device("meta"):
         model = WorldModel(cfg)
         Fr = cfg.num_frames
@@ -81,7 +82,8 @@ def train_flops_per_window(cfg: WorldModelConfig, stage: str) -> float:
         mask = frame_mask_to_tokens(frame_mask.to("meta"), cfg.tokens_per_frame)
         attention, rest = _count_split(lambda: model.dynamics(z, t, actions, pos, mask))
         allowed = float(frame_mask.float().mean())
-        return 3.0 * (attention * allowed + rest) + encode
+        passes = 3.0 + (teacher_steps if stage == "distill" else 0)  # forward + backward, + teacher's
+        return passes * (attention * allowed + rest) + encode
 
 
 class MetricsLog:

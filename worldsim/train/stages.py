@@ -5,7 +5,9 @@
   latents its dynamics was trained on stay exactly as they are;
 - video2world: rectified-flow loss on the frozen tokenizer's latents, actions dropped (pre-training);
 - action: the same loss conditioned on the actions (the flow drops a sample's actions with
-  probability `action_dropout` itself, for an unconditional branch).
+  probability `action_dropout` itself, for an unconditional branch);
+- distill: a trained action model (the teacher, frozen, from `load_path`) taught to sample in one step
+  what its own few-step sampler makes (`RectifiedFlow.distill_loss`): one transformer pass a frame.
 """
 
 from __future__ import annotations
@@ -43,9 +45,17 @@ class StageModule(nn.Module):
         compute_dtype: torch.dtype = torch.float32,
         attention: str = "sdpa",
         motion_weight: float = 0.0,
+        teacher: nn.Module | None = None,
+        teacher_steps: int = 2,
     ) -> None:
         super().__init__()
         self.model, self.stage = model, stage
+        if (stage == "distill") != (teacher is not None):
+            raise ValueError("a teacher's dynamics is needed by stage 'distill', and only by it")
+        # A tuple keeps the teacher out of this module's parameters, state dict and FSDP2 sharding: it is
+        # frozen, replicated on every rank, and restored from load_path (not the checkpoint) on resume.
+        self.teacher = (teacher.requires_grad_(False).eval(),) if teacher is not None else ()
+        self.teacher_steps = teacher_steps
         # FSDP2 casts the parameters to bf16; autocast also casts the fp32 tensors the model makes itself
         # (timestep embeddings, noise, latents) at each matmul, so mixed precision needs no model change.
         self.compute_dtype = compute_dtype
@@ -81,6 +91,15 @@ class StageModule(nn.Module):
             return mse, {"recon_mse": mse.detach(), "recon_psnr": psnr.detach()}
         with torch.no_grad():
             latents = self.model.tokenizer.encode(frames).float()  # (B, F, C, h, w)
+        if self.stage == "distill":
+            return self.flow.distill_loss(
+                self.model.dynamics,
+                self.teacher[0],
+                latents,
+                action,
+                self.teacher_steps,
+                self.model.cfg.time_shift,
+            )
         drop = self.stage == "video2world"
         return self.flow.loss(self.model.dynamics, latents, action, drop_actions=drop)
 

@@ -142,6 +142,21 @@ def build_model(
     return model, note
 
 
+def build_teacher(
+    model_cfg: WorldModelConfig, cfg: TrainConfig, initial: list[InitialWeights], info: DistInfo
+) -> torch.nn.Module:
+    """stage=distill: the frozen teacher's dynamics, read from load_path on every start (a resumed run
+    too: checkpoints hold only the student), replicated on each rank; compiled block by block like the
+    student's blocks when trainer.compile is on."""
+    teacher = WorldModel(model_cfg)
+    initial[0].load_into(teacher)
+    dynamics = teacher.dynamics.to(info.device)
+    if cfg.trainer.compile:
+        for block in dynamics.blocks:
+            block.compile()
+    return dynamics
+
+
 def initial_weights(cfg: TrainConfig, model_cfg: WorldModelConfig) -> list[InitialWeights]:
     """The shape-checked sources of the initial weights: load_path, then tokenizer_path over its tokenizer."""
     sources = []
@@ -194,7 +209,10 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
     param_dtype = resolve_precision(t.precision, device)
     attention = resolve_attention(t.attention, device)
     set_flex_forward_tile(t.flex_forward_tile)  # read when the blocks are traced
-    root = StageModule(model, cfg.stage, param_dtype, attention, t.motion_weight)
+    teacher = build_teacher(model_cfg, cfg, initial, info) if cfg.stage == "distill" else None
+    root = StageModule(
+        model, cfg.stage, param_dtype, attention, t.motion_weight, teacher, t.distill_teacher_steps
+    )
     parallelize(root, model, device, param_dtype, t.activation_checkpointing, t.compile)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(model, cfg, device)
@@ -214,7 +232,7 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
         stream.position = DataPosition(int(state["epoch"]), int(state["index"]))
         note += f"\nresumed from {resume} (iteration {start})"
 
-    flops = train_flops_per_window(model_cfg, cfg.stage)
+    flops = train_flops_per_window(model_cfg, cfg.stage, t.distill_teacher_steps)
     peak = peak_flops(device, param_dtype)
     n_train = sum(p.numel() for p in params)
     log = MetricsLog(job_dir, main)
