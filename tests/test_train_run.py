@@ -147,7 +147,9 @@ def test_action_stage_starts_from_tokenizer_checkpoint(data, out, tmp_path):
     act_metrics = [m for m in metrics(job_dir(out, "act")) if "flow_mse" in m]
     assert len(act_metrics) == 3  # the optimised (weighted) loss and the plain MSE differ
     assert all(m["loss"] != m["flow_mse"] for m in act_metrics)
-    assert "dropped 4 action tensors" in action.stdout  # a tokenizer checkpoint's action layers start fresh
+    assert (
+        "dropped 4 tensors: fresh action layers" in action.stdout
+    )  # a tokenizer checkpoint's action layers start fresh
     tok = load_dcp(tok_ckpts / "iter_000000006" / "model", tmp_path)
     act = load_dcp(job_dir(out, "act") / "checkpoints" / "iter_000000003" / "model", tmp_path)
     tokenizer_keys = [k for k in act if k.startswith("model.tokenizer.") and "latent_" not in k]
@@ -228,6 +230,42 @@ def test_decoder_stage_trains_the_decoder_alone(reference, out, data, tmp_path):
             after["model." + k], before["ema." + k if "ema." + k in before else "model." + k]
         ), k
     assert any(not torch.equal(after["model." + k], before["ema." + k]) for k in decoder)
+
+
+def test_decoder_stage_trains_a_lighter_decoder_from_scratch_under_a_trained_model(
+    reference, out, data, tmp_path
+):
+    """stage=decoder with another decoder shape (model.overrides.decoder_channels): the decoder starts fresh
+    and learns, everything else is the trained model's, unchanged; a shape mismatch elsewhere still fails."""
+    from worldsim.models.config import get_preset
+    from worldsim.train.config import load_config
+    from worldsim.train.initial_weights import LoadPathError, inspect_load_path
+
+    result = run(python_cmd("experiment=bridge_tiny_tokenizer", "stage=decoder", f"dataset.root={data}",
+                            "job.name=dec_light", f"load_path={reference / 'checkpoints'}",
+                            "model.overrides.decoder_channels=[8,8,4,4]", "trainer.max_iter=60",
+                            "trainer.log_every=6", "trainer.val_every=60", "trainer.val_rollout_steps=2"),
+                 train_env(out))  # fmt: skip
+    assert "tensors: fresh decoder" in result.stdout
+    logs = metrics(job_dir(out, "dec_light"))
+    losses = [m["loss"] for m in logs if "loss" in m and "val_loss" not in m]
+    assert losses[-1] < 0.75 * losses[0], losses  # from scratch: 0.86 -> 0.60 in 60 steps
+    before = load_dcp(reference / "checkpoints" / "iter_000000030" / "model", tmp_path)
+    after = load_dcp(job_dir(out, "dec_light") / "checkpoints" / "iter_000000060" / "model", tmp_path)
+    weights = [k.removeprefix("model.") for k in after if k.startswith("model.")]
+    decoder = [k for k in weights if k.startswith("tokenizer.decoder.")]
+    assert after["model.tokenizer.decoder.stem.weight"].shape[0] == 8  # the lighter decoder's width
+    assert before["model.tokenizer.decoder.stem.weight"].shape[0] == 16
+    for k in weights:
+        if k not in decoder:
+            assert torch.equal(
+                after["model." + k], before["ema." + k if "ema." + k in before else "model." + k]
+            ), k
+    cfg = get_preset("tiny", decoder_channels=(8, 8, 4, 4), dim=32)  # a dynamics mismatch is not forgiven
+    with pytest.raises(LoadPathError, match="shape mismatches"):
+        inspect_load_path(str(reference / "checkpoints"), cfg, "decoder", True)
+    assert load_config(["experiment=bridge_tiny_tokenizer", "stage=decoder", "dataset.root=/d", "load_path=/c",
+                        "model.overrides.decoder_channels=[8,8,4,4]"]).model.build().decoder_channels == (8, 8, 4, 4)  # fmt: skip
 
 
 def test_distill_stage_teaches_the_student_one_step_sampling(reference, out, data, tmp_path):

@@ -7,8 +7,10 @@ Accepted sources:
 - a converted `.pt` (`torch.load(weights_only=True)`): a state dict, or a dict with "model" / "ema".
 Model weights only (no optimiser, step or data position). When an action post-training starts from a
 tokenizer or video2world checkpoint, `dynamics.action_embed.*` is dropped and stays zero-initialised
-(so the model starts exactly as the video2world one). Shape mismatches raise `LoadPathError` naming
-the file and the first offending tensors.
+(so the model starts exactly as the video2world one). When a decoder stage's model has another decoder
+shape than the source (`model.overrides.decoder_channels`: a lighter decoder for faster frames), the decoder
+starts fresh and everything else is loaded: the encoder's latents, which the dynamics knows, stay as they
+are. Other shape mismatches raise `LoadPathError` naming the file and the first offending tensors.
 
 `tokenizer_path=...` takes the tokenizer's tensors (`tokenizer.*`, its latent statistics included) from a
 second source of the same kinds (a file holding only `tokenizer.*` will do): a newly trained tokenizer under
@@ -35,6 +37,7 @@ from worldsim.train.checkpoint import LATEST
 
 ACTION_PREFIX = "dynamics.action_embed."
 TOKENIZER_PREFIX = "tokenizer."
+DECODER_PREFIX = "tokenizer.decoder."
 
 
 def _named(path: Path, part: str) -> str:
@@ -57,6 +60,7 @@ class InitialWeights:
     keys: dict[str, str]  # model key -> key in the source
     dropped: list[str] = field(default_factory=list)
     part: str = "all"  # which of the model's tensors it gives: all | tokenizer | no_tokenizer
+    fresh: str = ""  # what the dropped tensors are, for the log: "action layers" | "decoder"
 
     def load_into(self, model: WorldModel) -> None:
         """Copy the weights into a plain (unsharded) model."""
@@ -159,16 +163,24 @@ def inspect_load_path(
     with torch.device("meta"):
         target = {k: tuple(v.shape) for k, v in WorldModel(cfg).state_dict().items()}
     drop_actions = stage == "action" and source_stage in ("tokenizer", "video2world")
+    candidates_of = (lambda n: [f"ema.{n}", f"model.{n}", n]) if use_ema else (lambda n: [f"model.{n}", n])
+    # A decoder stage whose decoder has another shape than the source's: a fresh decoder of that shape
+    fresh_decoder = stage == "decoder" and any(
+        next((shapes[c] for c in candidates_of(name) if c in shapes), None) != shape
+        for name, shape in target.items()
+        if name.startswith(DECODER_PREFIX)
+    )
     keys: dict[str, str] = {}
     dropped, missing, mismatched = [], [], []
     for name, shape in target.items():
         if part != "all" and name.startswith(TOKENIZER_PREFIX) != (part == "tokenizer"):
             continue
-        if drop_actions and name.startswith(ACTION_PREFIX):
+        if (drop_actions and name.startswith(ACTION_PREFIX)) or (
+            fresh_decoder and name.startswith(DECODER_PREFIX)
+        ):
             dropped.append(name)
             continue
-        candidates = [f"ema.{name}", f"model.{name}", name] if use_ema else [f"model.{name}", name]
-        src = next((c for c in candidates if c in shapes), None)
+        src = next((c for c in candidates_of(name) if c in shapes), None)
         if src is None:
             missing.append(name)
         elif shapes[src] != shape:
@@ -181,4 +193,5 @@ def inspect_load_path(
             + (f"{len(mismatched)} shape mismatches ({'; '.join(mismatched[:3])}) " if mismatched else "")
             + (f"{len(missing)} missing tensors ({', '.join(missing[:3])})" if missing else "")
         )
-    return InitialWeights(path, kind, source_stage, keys, dropped, part)
+    fresh = "decoder" if fresh_decoder else "action layers" if dropped else ""
+    return InitialWeights(path, kind, source_stage, keys, dropped, part, fresh)

@@ -125,11 +125,7 @@ def build_model(
         what = "tokenizer" if source.part == "tokenizer" else "initial"
         notes.append(
             f"{what} weights from {source.path}"
-            + (
-                f" (dropped {len(source.dropped)} action tensors: fresh action layers)"
-                if source.dropped
-                else ""
-            )
+            + (f" (dropped {len(source.dropped)} tensors: fresh {source.fresh})" if source.dropped else "")
         )
     if cfg.stage == "tokenizer" and initial and not latent_stats_are_default(model):
         # The encoder is about to change: the loaded latent statistics no longer describe it, so they go
