@@ -159,6 +159,12 @@ def test_action_stage_starts_from_tokenizer_checkpoint(data, out, tmp_path):
     assert not torch.equal(
         act["model.tokenizer.latent_scale"], torch.ones_like(act["model.tokenizer.latent_scale"])
     )
+    # a tokenizer checkpoint cannot be a distillation's teacher: it has no trained action layers
+    from worldsim.models.config import get_preset
+    from worldsim.train.initial_weights import LoadPathError, inspect_load_path
+
+    with pytest.raises(LoadPathError, match="stage=distill needs a trained action model"):
+        inspect_load_path(str(tok_ckpts), get_preset("tiny"), "distill", True)
 
 
 def test_tokenizer_path_puts_a_new_tokenizer_under_a_trained_dynamics(reference, out, data, tmp_path):

@@ -160,6 +160,11 @@ def inspect_load_path(
         raise LoadPathError(
             f"{_named(path, part)}: saved with heads={source_cfg['heads']}, the model has heads={cfg.heads}"
         )
+    if stage == "distill" and source_stage in ("tokenizer", "video2world"):
+        raise LoadPathError(
+            f"{_named(path, part)}: a {source_stage} checkpoint; stage=distill needs a trained action model "
+            "(stage action or distill) as its teacher"
+        )
     with torch.device("meta"):
         target = {k: tuple(v.shape) for k, v in WorldModel(cfg).state_dict().items()}
     drop_actions = stage == "action" and source_stage in ("tokenizer", "video2world")
