@@ -39,8 +39,9 @@ class BridgeWorldEnv(gym.Env):
     The learned simulator: a WidowX tabletop as an action-conditioned video world model (a per-frame
     autoencoder and a block-causal latent diffusion transformer, trained on Bridge-format data) instead
     of a physics engine. Each `step` feeds one Bridge action to the model, which predicts the next
-    camera frame in a few denoising steps while keeping past frames in a KV cache. It has the same
-    spaces and step (5 Hz) as the MuJoCo ground truth `BridgeSim-v0`, so a policy runs in both.
+    camera frame in one or a few denoising steps (the bundled model: one) while keeping past frames in
+    a KV cache. It has the same spaces and step (5 Hz) as the MuJoCo ground truth `BridgeSim-v0`, so a
+    policy runs in both.
 
     ## Action Space
 
@@ -129,7 +130,9 @@ class BridgeWorldEnv(gym.Env):
     - v0: initial release; success model, reward and termination added 2026-11-26. Also on 2026-11-26
       (evening): the bundled weights (lease 4) and the per-world noise streams (counter-based, drawn on the
       model's device) changed, so a seed gives other frames than before that date; still the same
-      frames for the same seed, actions and device.
+      frames for the same seed, actions and device. 2026-11-27: the bundled weights are lease 13, which
+      samples a frame in one distilled Euler step (its config's `denoise_steps` is 1), so a seed again
+      gives other frames than before.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 5}
