@@ -485,3 +485,21 @@ def test_distill_loss_is_zero_for_a_one_step_teacher_and_trains_only_the_student
     loss.backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert sum(float(p.grad.abs().sum()) for p in student.parameters() if p.grad is not None) > 0
+
+
+def test_a_distilled_bundle_warns_when_sampled_with_other_steps(tmp_path) -> None:
+    """A bundle made by stage=distill knows it (metadata "stage"); sampling it with another number of
+    Euler steps than its config's warns (its intermediate flow times are untrained), its own does not."""
+    import warnings
+
+    cfg = get_preset("tiny", denoise_steps=1)
+    WorldModel(cfg).save_pretrained(tmp_path / "student", extra_metadata={"stage": "distill"})
+    WorldModel(cfg).save_pretrained(tmp_path / "plain", extra_metadata={"stage": "action"})
+    student = WorldModel.from_pretrained(tmp_path / "student")
+    assert student.stage == "distill" and WorldModel(cfg).stage is None
+    with pytest.warns(UserWarning, match="distilled to sample in 1 Euler step"):
+        student.rollout(denoise_steps=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        student.rollout()
+        WorldModel.from_pretrained(tmp_path / "plain").rollout(denoise_steps=2)

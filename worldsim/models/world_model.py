@@ -40,6 +40,9 @@ class WorldModel(nn.Module):
         self.cfg = cfg
         self.tokenizer = Tokenizer(cfg)
         self.dynamics = DynamicsTransformer(cfg)
+        # The training stage that made the weights, from a bundle's metadata (`from_pretrained`), else None.
+        # "distill": a student taught to sample in exactly `cfg.denoise_steps` steps (see `Rollout`).
+        self.stage: str | None = None
 
     def rollout(self, batch_size: int = 1, **kwargs):  # noqa: ANN201 - avoid an import cycle in the hint
         """A new `Rollout` session over this model (see worldsim/models/rollout.py)."""
@@ -85,6 +88,7 @@ class WorldModel(nn.Module):
         file = resolve_weights(path)
         cfg = read_config(file)
         model = cls(cfg)
+        model.stage = read_metadata(file).get("stage")
         try:
             state = load_file(str(file))
         except (SafetensorError, OSError) as e:
@@ -123,15 +127,20 @@ def resolve_weights(path: str | os.PathLike | None) -> Path:
     return p
 
 
-def read_config(file: Path) -> WorldModelConfig:
-    """The `WorldModelConfig` stored in a safetensors file's metadata."""
+def read_metadata(file: Path) -> dict[str, str]:
+    """A safetensors file's metadata (config JSON, format, training stage)."""
     try:
         from safetensors import safe_open
 
         with safe_open(str(file), framework="pt") as f:
-            meta = f.metadata() or {}
+            return f.metadata() or {}
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from e
+
+
+def read_config(file: Path) -> WorldModelConfig:
+    """The `WorldModelConfig` stored in a safetensors file's metadata."""
+    meta = read_metadata(file)
     if "config" not in meta:
         raise CheckpointError(f"{file}: no 'config' in the safetensors metadata (not a worldsim export)")
     try:
