@@ -33,6 +33,8 @@ def test_cli_writes_metrics_and_a_self_contained_report(tmp_path):
     assert written["checkpoint"].endswith("model.safetensors") and written["split"] == "val"
     assert written["device"] == "cpu" and written["model"]["preset"] == "tiny"
     assert written["model"]["dtype"] == "float32"  # the default, as every published table
+    assert written["model"]["denoise_steps"] == 2  # which sampler made the numbers
+    assert written["model"]["stage"] is None  # saved without a training stage in its metadata
     for stage in ("open_loop", "counterfactual"):
         assert len(written[stage]["psnr"]) == len(written[stage]["baseline_psnr"]) == 4
         assert all(isinstance(v, float) for v in written[stage]["psnr"])
