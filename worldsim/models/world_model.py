@@ -86,9 +86,10 @@ class WorldModel(nn.Module):
     ) -> WorldModel:
         """Load a bundle folder or .safetensors file (default: the bundled model) in eval mode."""
         file = resolve_weights(path)
-        cfg = read_config(file)
+        meta = read_metadata(file)
+        cfg = read_config(file, meta)
         model = cls(cfg)
-        model.stage = read_metadata(file).get("stage")
+        model.stage = meta.get("stage")
         try:
             state = load_file(str(file))
         except (SafetensorError, OSError) as e:
@@ -138,9 +139,9 @@ def read_metadata(file: Path) -> dict[str, str]:
         raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from e
 
 
-def read_config(file: Path) -> WorldModelConfig:
-    """The `WorldModelConfig` stored in a safetensors file's metadata."""
-    meta = read_metadata(file)
+def read_config(file: Path, meta: dict[str, str] | None = None) -> WorldModelConfig:
+    """The `WorldModelConfig` stored in a safetensors file's metadata (`meta`, when already read)."""
+    meta = read_metadata(file) if meta is None else meta
     if "config" not in meta:
         raise CheckpointError(f"{file}: no 'config' in the safetensors metadata (not a worldsim export)")
     try:
