@@ -155,8 +155,9 @@ def main(args: Args) -> dict:
         )
         rng = np.random.default_rng(0)
         if args.warmup is None:
-            window = read_config(resolve_weights(checkpoint)).num_context_frames if args.compile else 0
-            args.warmup = window + 2 if args.compile else 3
+            args.warmup = (
+                read_config(resolve_weights(checkpoint)).num_context_frames + 2 if args.compile else 3
+            )
         n_actions = args.warmup + args.steps
         rows = []
         print(
