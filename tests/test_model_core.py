@@ -488,17 +488,21 @@ def test_distill_loss_is_zero_for_a_one_step_teacher_and_trains_only_the_student
 
 
 def test_a_distilled_bundle_warns_when_sampled_with_other_steps(tmp_path) -> None:
-    """A bundle made by stage=distill knows it (metadata "stage"); sampling it with another number of
+    """A bundle whose dynamics stage=distill made knows it (metadata "stage" / "dynamics_stage"); sampling it with another number of
     Euler steps than its config's warns (its intermediate flow times are untrained), its own does not."""
     import warnings
 
     cfg = get_preset("tiny", denoise_steps=1)
     WorldModel(cfg).save_pretrained(tmp_path / "student", extra_metadata={"stage": "distill"})
     WorldModel(cfg).save_pretrained(tmp_path / "plain", extra_metadata={"stage": "action"})
+    # a lighter decoder trained under the student (stage=decoder) keeps the student's dynamics
+    meta = {"stage": "decoder", "dynamics_stage": "distill"}
+    WorldModel(cfg).save_pretrained(tmp_path / "decoder", extra_metadata=meta)
     student = WorldModel.from_pretrained(tmp_path / "student")
-    assert student.stage == "distill" and WorldModel(cfg).stage is None
-    with pytest.warns(UserWarning, match="distilled to sample in 1 Euler step"):
-        student.rollout(denoise_steps=2)
+    assert student.dynamics_stage == "distill" and WorldModel(cfg).dynamics_stage is None
+    for m in (student, WorldModel.from_pretrained(tmp_path / "decoder")):
+        with pytest.warns(UserWarning, match="distilled to sample in 1 Euler step"):
+            m.rollout(denoise_steps=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         student.rollout()

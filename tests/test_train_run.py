@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 
@@ -267,11 +268,41 @@ def test_decoder_stage_trains_a_lighter_decoder_from_scratch_under_a_trained_mod
             assert torch.equal(
                 after["model." + k], before["ema." + k if "ema." + k in before else "model." + k]
             ), k
+    meta = json.loads(
+        (job_dir(out, "dec_light") / "checkpoints" / "iter_000000060" / "meta.json").read_text()
+    )
+    assert (meta["stage"], meta["dynamics_stage"]) == ("decoder", "action")  # the dynamics are the source's
     cfg = get_preset("tiny", decoder_channels=(8, 8, 4, 4), dim=32)  # a dynamics mismatch is not forgiven
     with pytest.raises(LoadPathError, match="shape mismatches"):
         inspect_load_path(str(reference / "checkpoints"), cfg, "decoder", True)
     assert load_config(["experiment=bridge_tiny_tokenizer", "stage=decoder", "dataset.root=/d", "load_path=/c",
                         "model.overrides.decoder_channels=[8,8,4,4]"]).model.build().decoder_channels == (8, 8, 4, 4)  # fmt: skip
+
+
+def test_decoder_stage_keeps_how_the_loaded_dynamics_sample(tmp_path):
+    """A decoder stage under a distilled model keeps its one Euler step (the source config's sampler fields)
+    and records that its dynamics were distilled, so the new bundle still warns at other step counts; an
+    explicit model.overrides value wins, and stages that train the dynamics keep their own settings."""
+    from worldsim.models.config import get_preset
+    from worldsim.models.world_model import WorldModel
+    from worldsim.train.config import load_config
+    from worldsim.train.initial_weights import inspect_load_path
+    from worldsim.train.trainer import keep_loaded_sampler
+
+    WorldModel(get_preset("tiny", denoise_steps=1, context_noise=0.05)).save_pretrained(
+        tmp_path / "student", extra_metadata={"stage": "distill"}
+    )
+    base = ["experiment=bridge_tiny_tokenizer", "dataset.root=/d", f"load_path={tmp_path / 'student'}"]
+    for extra, stage, want in [
+        (["stage=decoder"], "distill", (1, 0.05)),
+        (["stage=decoder", "model.overrides.denoise_steps=3"], "distill", (3, 0.05)),
+        (["stage=action"], "action", (2, 0.02)),  # tiny's own sampler
+    ]:
+        cfg = load_config(base + extra)
+        model_cfg = cfg.model.build()
+        source = inspect_load_path(cfg.load_path, model_cfg, cfg.stage, cfg.load_ema)
+        kept, dynamics_stage = keep_loaded_sampler(cfg, model_cfg, [source])
+        assert ((kept.denoise_steps, kept.context_noise), dynamics_stage) == (want, stage), extra
 
 
 def test_distill_stage_teaches_the_student_one_step_sampling(reference, out, data, tmp_path):

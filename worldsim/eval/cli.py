@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> dict:
             "parameters": sum(p.numel() for p in model.parameters()),
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),  # what the rollouts ran in
             "denoise_steps": model.cfg.denoise_steps,  # the sampler every rollout here used
-            "stage": model.stage,  # the training stage that made the weights ("distill": a one-step student)
+            "stage": model.stage,  # the training stage that made the weights
+            "dynamics_stage": model.dynamics_stage,  # and the dynamics' ("distill": a one-step student)
         },
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "timings": {"load": round(time.perf_counter() - start, 3)},

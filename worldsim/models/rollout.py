@@ -43,7 +43,7 @@ class Rollout:
         cfg = model.cfg
         self.model, self.cfg, self.batch_size = model, cfg, batch_size
         self.denoise_steps = denoise_steps or cfg.denoise_steps
-        if model.stage == "distill" and self.denoise_steps != cfg.denoise_steps:
+        if model.dynamics_stage == "distill" and self.denoise_steps != cfg.denoise_steps:
             # A distilled student has forgotten the intermediate flow times its teacher used: lease 13 with
             # 2 / 3 steps scored 25.0 / 24.8 dB at horizon 12 against 28.4 with its own 1 (12 val episodes).
             warnings.warn(

@@ -40,9 +40,11 @@ class WorldModel(nn.Module):
         self.cfg = cfg
         self.tokenizer = Tokenizer(cfg)
         self.dynamics = DynamicsTransformer(cfg)
-        # The training stage that made the weights, from a bundle's metadata (`from_pretrained`), else None.
-        # "distill": a student taught to sample in exactly `cfg.denoise_steps` steps (see `Rollout`).
+        # The training stage that made the weights, and the one that trained the dynamics (a decoder stage
+        # keeps its source's dynamics), from a bundle's metadata (`from_pretrained`), else None.
+        # dynamics_stage "distill": a student taught to sample in exactly `cfg.denoise_steps` steps (`Rollout`).
         self.stage: str | None = None
+        self.dynamics_stage: str | None = None
 
     def rollout(self, batch_size: int = 1, **kwargs):  # noqa: ANN201 - avoid an import cycle in the hint
         """A new `Rollout` session over this model (see worldsim/models/rollout.py)."""
@@ -90,6 +92,7 @@ class WorldModel(nn.Module):
         cfg = read_config(file, meta)
         model = cls(cfg)
         model.stage = meta.get("stage")
+        model.dynamics_stage = meta.get("dynamics_stage", model.stage)
         try:
             state = load_file(str(file))
         except (SafetensorError, OSError) as e:

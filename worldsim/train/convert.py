@@ -3,8 +3,9 @@
     worldsim-convert JOB/checkpoints/iter_000001000/model OUT_DIR [--start-frames DATA_ROOT --split val]
 
 writes, as Cosmos-Predict2.5's converter does:
-    OUT_DIR/model.pt             {"model": weights, "ema": EMA weights, "config": json, "stage": str}
-    OUT_DIR/model_ema_fp32.pt    {"model": EMA weights (fp32), "config": json, "stage": str}
+    OUT_DIR/model.pt             {"model": weights, "ema": EMA weights, "config": json, "stage": str,
+                                  "dynamics_stage": str (the stage that trained the dynamics)}
+    OUT_DIR/model_ema_fp32.pt    {"model": EMA weights (fp32), "config": json, "stage": str, "dynamics_stage": str}
     OUT_DIR/model_ema_bf16.pt    the same in bf16 (recommended for inference)
     OUT_DIR/bundle/model.safetensors (+ start_frames.npz)   EMA weights with the config in the metadata:
                                  what `WorldModel.from_pretrained`, BridgeWorld-v0 and the app load.
@@ -32,8 +33,9 @@ class ConvertError(ValueError):
     """The checkpoint folder is not a complete worldsim DCP checkpoint; the message names it."""
 
 
-def read_checkpoint(model_dir: Path) -> tuple[dict, dict, WorldModelConfig, str]:
-    """(weights, EMA weights, config, stage) of `iter_X/model` (the folder or its parent iter_X)."""
+def read_checkpoint(model_dir: Path) -> tuple[dict, dict, WorldModelConfig, dict[str, str]]:
+    """(weights, EMA weights, config, lineage) of `iter_X/model` (the folder or its parent iter_X); lineage:
+    the training stage and the stage that trained the dynamics (a decoder stage keeps its source's)."""
     model_dir = Path(model_dir)
     if (model_dir / "model" / ".metadata").is_file():
         model_dir = model_dir / "model"
@@ -51,7 +53,8 @@ def read_checkpoint(model_dir: Path) -> tuple[dict, dict, WorldModelConfig, str]
     weights = state["model"]
     # The EMA covers parameters only; buffers (latent statistics) come from the live weights.
     ema = {**weights, **state.get("ema", {})}
-    return weights, ema, cfg, str(meta.get("stage", "action"))
+    stage = str(meta.get("stage", "action"))
+    return weights, ema, cfg, {"stage": stage, "dynamics_stage": str(meta.get("dynamics_stage", stage))}
 
 
 def start_frames_from(
@@ -79,7 +82,7 @@ def convert(
     model_dir: Path, out_dir: Path, start_frames: dict[str, np.ndarray] | None = None
 ) -> dict[str, Path]:
     """Write the files listed in the module docstring; returns them by name."""
-    weights, ema, cfg, stage = read_checkpoint(model_dir)
+    weights, ema, cfg, lineage = read_checkpoint(model_dir)
     model = WorldModel(cfg)
     missing, unexpected = model.load_state_dict(ema, strict=False)
     if missing or unexpected:
@@ -90,19 +93,17 @@ def convert(
     out_dir.mkdir(parents=True, exist_ok=True)
     config = cfg.to_json()
     files = {
-        "model.pt": {"model": weights, "ema": ema, "config": config, "stage": stage},
+        "model.pt": {"model": weights, "ema": ema, "config": config, **lineage},
         "model_ema_fp32.pt": {"model": {k: v.float() if v.is_floating_point() else v for k, v in ema.items()},
-                              "config": config, "stage": stage},
+                              "config": config, **lineage},
         "model_ema_bf16.pt": {"model": {k: v.bfloat16() if v.is_floating_point() else v for k, v in ema.items()},
-                              "config": config, "stage": stage},
+                              "config": config, **lineage},
     }  # fmt: skip
     written = {}
     for name, obj in files.items():
         atomic_write(out_dir / name, lambda tmp, obj=obj: torch.save(obj, tmp))
         written[name] = out_dir / name
-    bundle = model.save_pretrained(
-        out_dir / "bundle", start_frames=start_frames, extra_metadata={"stage": stage}
-    )
+    bundle = model.save_pretrained(out_dir / "bundle", start_frames=start_frames, extra_metadata=lineage)
     written["bundle"] = bundle
     return written
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -61,6 +62,10 @@ class InitialWeights:
     dropped: list[str] = field(default_factory=list)
     part: str = "all"  # which of the model's tensors it gives: all | tokenizer | no_tokenizer
     fresh: str = ""  # what the dropped tensors are, for the log: "action layers" | "decoder"
+    # The source's model config (None where it records none) and the stage that trained its dynamics
+    # (a decoder stage keeps its source's dynamics, so it keeps this too)
+    source_config: dict | None = None
+    source_dynamics_stage: str | None = None
 
     def load_into(self, model: WorldModel) -> None:
         """Copy the weights into a plain (unsharded) model."""
@@ -127,19 +132,23 @@ def _resolve(path: Path, part: str) -> tuple[Path, str]:
     raise LoadPathError(f"{_named(path, part)}: expected a DCP folder, .safetensors or .pt file")
 
 
-def _source(path: Path, kind: str, part: str) -> tuple[dict[str, tuple[int, ...]], str | None, dict | None]:
-    """Shapes of every tensor in the source, its training stage and model config when recorded."""
+def _source(path: Path, kind: str, part: str) -> tuple[dict[str, tuple[int, ...]], dict[str, Any]]:
+    """Shapes of every tensor in the source, and what it records of itself: its training stage, the stage
+    that trained its dynamics and its model config (each None where it records none)."""
     try:
         if kind == "dcp":
             meta_file = path.parent / "meta.json"
             meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-            return _dcp_shapes(path), meta.get("stage"), meta.get("model_config")
-        if kind == "safetensors":
+            shapes, config = _dcp_shapes(path), meta.get("model_config")
+        elif kind == "safetensors":
             with safe_open(str(path), framework="pt") as f:
                 shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-                md = f.metadata() or {}
-            return shapes, md.get("stage"), json.loads(md["config"]) if "config" in md else None
-        return {k: tuple(v.shape) for k, v in _pt_state(path, part).items()}, None, None
+                meta = f.metadata() or {}
+            config = json.loads(meta["config"]) if "config" in meta else None
+        else:  # a .pt state records neither
+            shapes, meta, config = {k: tuple(v.shape) for k, v in _pt_state(path, part).items()}, {}, None
+        stage = meta.get("stage")
+        return shapes, {"stage": stage, "dynamics_stage": meta.get("dynamics_stage", stage), "config": config}
     except LoadPathError:
         raise
     except Exception as e:  # noqa: BLE001 - unreadable metadata of any kind
@@ -155,7 +164,8 @@ def inspect_load_path(
     "no_tokenizer" (all but those: a `load_path` beside a `tokenizer_path`).
     """
     path, kind = _resolve(Path(load_path), part)
-    shapes, source_stage, source_cfg = _source(path, kind, part)
+    shapes, recorded = _source(path, kind, part)
+    source_stage, source_cfg = recorded["stage"], recorded["config"]
     if source_cfg is not None and source_cfg.get("heads") not in (None, cfg.heads):
         raise LoadPathError(
             f"{_named(path, part)}: saved with heads={source_cfg['heads']}, the model has heads={cfg.heads}"
@@ -199,4 +209,6 @@ def inspect_load_path(
             + (f"{len(missing)} missing tensors ({', '.join(missing[:3])})" if missing else "")
         )
     fresh = "decoder" if fresh_decoder else "action layers" if dropped else ""
-    return InitialWeights(path, kind, source_stage, keys, dropped, part, fresh)
+    return InitialWeights(
+        path, kind, source_stage, keys, dropped, part, fresh, source_cfg, recorded["dynamics_stage"]
+    )

@@ -8,6 +8,7 @@ AdamW + LambdaLR + EMA -> resume from the latest complete checkpoint -> loop.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -164,19 +165,46 @@ def initial_weights(cfg: TrainConfig, model_cfg: WorldModelConfig) -> list[Initi
     return sources
 
 
+# How the dynamics samples belongs to its weights (a distilled model is made for its one Euler step).
+SAMPLER_FIELDS = ("denoise_steps", "time_shift", "context_noise")
+
+
+def keep_loaded_sampler(
+    cfg: TrainConfig, model_cfg: WorldModelConfig, initial: list[InitialWeights]
+) -> tuple[WorldModelConfig, str]:
+    """stage=decoder keeps load_path's dynamics as they are, so it keeps how they sample (the source
+    config's SAMPLER_FIELDS, unless model.overrides names them) and the stage that trained them; other
+    stages train the dynamics they save. Returns (model config, the dynamics' training stage)."""
+    source = initial[0] if initial and initial[0].part == "all" else None
+    if cfg.stage != "decoder" or source is None:
+        return model_cfg, cfg.stage
+    recorded = source.source_config or {}
+    kept = {f: recorded[f] for f in SAMPLER_FIELDS if f in recorded and f not in cfg.model.overrides}
+    return dataclasses.replace(model_cfg, **kept), source.source_dynamics_stage or cfg.stage
+
+
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) the job `cfg` describes; returns the job folder."""
     model_cfg = cfg.model.build()
     train_ds, val_ds = make_datasets(cfg.dataset, model_cfg)
     initial = initial_weights(cfg, model_cfg)
+    model_cfg, dynamics_stage = keep_loaded_sampler(cfg, model_cfg, initial)
     info = init_distributed()
     try:
-        return _train(cfg, model_cfg, train_ds, val_ds, initial, info)
+        return _train(cfg, model_cfg, train_ds, val_ds, initial, info, dynamics_stage)
     finally:
         close_distributed()
 
 
-def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, initial, info: DistInfo) -> Path:  # noqa: ANN001
+def _train(
+    cfg: TrainConfig,
+    model_cfg: WorldModelConfig,
+    train_ds,
+    val_ds,
+    initial: list[InitialWeights],
+    info: DistInfo,
+    dynamics_stage: str,
+) -> Path:
     t = cfg.trainer
     device, main = info.device, info.is_main
     job_dir = cfg.job_dir
@@ -355,6 +383,7 @@ def _train(cfg: TrainConfig, model_cfg: WorldModelConfig, train_ds, val_ds, init
             meta = {
                 "iteration": step,
                 "stage": cfg.stage,
+                "dynamics_stage": dynamics_stage,
                 "experiment": cfg.experiment,
                 "world_size": info.world_size,
                 "model_config": json.loads(model_cfg.to_json()),
