@@ -5,9 +5,9 @@
 For each batch size and variant (`--variants`: eager kernels, or `torch.compile`d as the envs'
 `compile=True` does it; the decoder in channels-last, as a `Rollout` on CUDA runs it) it times, as graph replays (so Python launch overhead is gone and what is left
 is kernel time): one denoising pass of the transformer with and without an attention mask (a mask
-sends SDPA to a slower kernel than flash), the commit pass (keys and values only), the decoder (+ the
-uint8 conversion), the whole captured step, and `Rollout.step` as a caller sees it (input copies,
-replay, output copies to the host). Medians of `--repeats` replays, CUDA-event timed. JSON to `--out`.
+sends SDPA to a slower kernel than flash), the merged pass (the first denoising pass, over 2 frames:
+it also commits the previous frame), the decoder (+ the uint8 conversion), the whole captured step,
+and `Rollout.step` as a caller sees it (input copies, replay, output copies to the host). Medians of `--repeats` replays, CUDA-event timed. JSON to `--out`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from worldsim.models.rollout import Rollout
+from worldsim.models.dynamics import rope_tables
+from worldsim.models.rollout import Rollout, _pair_mask
 from worldsim.models.world_model import WorldModel, load_shared
 
 
@@ -78,8 +79,13 @@ def breakdown(
     t = torch.full((batch, 1), 0.5, device=dev)
     ones = torch.ones(batch, 1, device=dev)
     mask = torch.ones(batch, 1, 1, (r.window + 1) * r.N, dtype=torch.bool, device=dev)
-    past = list(zip(r.cache_k, r.cache_v))
-    rope = r._rope()
+    past = r._past_one  # the ring + one frame's scratch: a single-frame pass
+    rope = r._rope(r.frame_index)
+    index = torch.full((1,), r.frame_index, device=dev, dtype=torch.long)
+    x2 = torch.randn(batch, 2, *r.latent_shape, device=dev, dtype=dt)
+    t2, a2, ones2 = t.expand(batch, 2), a.expand(batch, 2, -1), ones.expand(batch, 2)
+    rope2 = rope_tables(torch.cat([index - 1, index]), *dyn.grid, dyn.head_dim)
+    mask2 = _pair_mask(None, (index - 1) % r.window, r.window, r.N)
     lat = x[:, 0].contiguous()
     row = {"batch": batch, "compiled": compiled, "denoise_steps": r.denoise_steps}
     row["pass_ms"] = graph_ms(
@@ -88,8 +94,8 @@ def breakdown(
     row["pass_masked_ms"] = graph_ms(
         lambda: dyn(x, t, a, None, mask, action_mask=ones, past_kv=past, rope=rope), repeats
     )
-    row["commit_ms"] = graph_ms(
-        lambda: dyn(x, t, a, None, mask, action_mask=ones, past_kv=past, rope=rope, kv_only=True), repeats
+    row["merged_ms"] = graph_ms(
+        lambda: dyn(x2, t2, a2, None, mask2, action_mask=ones2, past_kv=r._past_two, rope=rope2), repeats
     )
     row["decode_ms"] = graph_ms(lambda: Rollout._to_uint8(model.tokenizer.decode(lat)), repeats)
     saved = [b.clone() for b in r.cache_k + r.cache_v]
@@ -206,7 +212,7 @@ def main() -> None:
             rows.append(row)
             print(
                 f"{variant:12s} B={batch:5d} S={row['denoise_steps']}  pass {row['pass_ms']:.3f} (masked {row['pass_masked_ms']:.3f})  "
-                f"commit {row['commit_ms']:.3f}  decode {row['decode_ms']:.3f}  graph {row['advance_graph_ms']:.3f}  "
+                f"merged {row['merged_ms']:.3f}  decode {row['decode_ms']:.3f}  graph {row['advance_graph_ms']:.3f}  "
                 f"step {row['rollout_step_ms']:.3f} ms = {row['frames_per_s']:.0f} frames/s",
                 flush=True,
             )

@@ -9,7 +9,7 @@ import torch
 from worldsim.models.config import PRESETS, WorldModelConfig, get_preset
 from worldsim.models.dynamics import frame_mask_to_tokens, training_frame_mask
 from worldsim.models.flow import RectifiedFlow, motion_weights, sampling_times
-from worldsim.models.rollout import _to_model_frames
+from worldsim.models.rollout import Rollout, _to_model_frames
 from worldsim.models.tokenizer import Tokenizer
 from worldsim.models.world_model import CheckpointError, WorldModel
 
@@ -109,6 +109,75 @@ def test_kv_cached_rollout_matches_uncached_full_sequence() -> None:
         assert err < 1e-4, f"step {step}: cached and uncached latents differ by {err}"
 
 
+class _SeparateCommitRollout(Rollout):
+    """The step as it was before the merged pass: commit the pending frame with a pass of its own
+    (keys and values only), then S single-frame denoising passes."""
+
+    def advance(self, actions, noise, eps, index, all_valid):  # noqa: ANN001, ANN201
+        self._commit_pending()
+        latents = self.denoise(actions, noise)
+        self._set_pending(latents, actions, 1.0, eps)
+        return latents, self._to_uint8(self._decode(latents))
+
+
+@pytest.mark.parametrize("denoise_steps", [1, 2])
+@pytest.mark.parametrize("own_noise", [False, True])
+def test_merged_commit_pass_matches_a_separate_commit_pass(denoise_steps: int, own_noise: bool) -> None:
+    """A step's first denoising pass also commits the previous frame (one 2-frame pass): the latents
+    match a rollout that commits with a pass of its own, past a full ring of slots and through partial
+    and full resets, with the shared generator or the worlds' own noise streams."""
+    model = random_model()
+    cfg = model.cfg
+    K = cfg.num_context_frames
+    rng = np.random.default_rng(5)
+    frames = rng.integers(0, 256, (3, cfg.height, cfg.width, 3), dtype=np.uint8)
+    actions = rng.normal(0, 0.02, (2 * K + 4, 3, 7))
+    latents = []
+    for cls in (Rollout, _SeparateCommitRollout):
+        r = cls(model, batch_size=3, denoise_steps=denoise_steps, seed=7)
+        if own_noise:
+            r.seed_worlds([1, 2, 3])
+        r.reset(frames)
+        out = []
+        for step, a in enumerate(actions):
+            if step == K // 2:
+                r.reset(frames[2:3], which=np.array([False, True, False]))
+            if step == K + 1:
+                r.reset(frames[:2], which=np.array([0, 2]))
+            if step == 2 * K:
+                r.reset(frames[::-1].copy())
+            r.step(a)
+            out.append(r.latents.clone())
+        latents.append(torch.stack(out))
+    merged, separate = latents
+    for step, (m, s) in enumerate(zip(merged, separate)):
+        err = (m - s).abs().max().item()
+        assert err < 1e-5, f"step {step}: merged and separate commits differ by {err}"
+
+
+@pytest.mark.parametrize("denoise_steps", [1, 2])
+def test_a_step_runs_one_transformer_pass_per_euler_step(denoise_steps: int) -> None:
+    """The commit rides along with the first denoising pass: a step is S passes, the first over 2
+    frames (the previous frame and the new one), and a reset runs none."""
+    model = random_model()
+    cfg = model.cfg
+    calls: list[int] = []
+    hook = model.dynamics.register_forward_pre_hook(lambda _, args: calls.append(args[0].shape[1]))
+    try:
+        r = model.rollout(batch_size=2, denoise_steps=denoise_steps, seed=0)
+        r.reset(np.zeros((2, cfg.height, cfg.width, 3), dtype=np.uint8))
+        assert calls == []
+        for step in range(cfg.num_context_frames + 2):
+            if step == 3:
+                r.reset(np.zeros((1, cfg.height, cfg.width, 3), dtype=np.uint8), which=np.array([1]))
+                assert calls == []
+            r.step(np.zeros((2, 7)))
+            assert calls == [2] + [1] * (denoise_steps - 1), f"step {step}: frames per pass {calls}"
+            calls.clear()
+    finally:
+        hook.remove()
+
+
 def test_same_seed_gives_identical_rollout_and_other_seed_differs() -> None:
     model = random_model()
     cfg = model.cfg
@@ -189,9 +258,9 @@ def test_graphed_partial_resets_match_eager_resets() -> None:
 
 def test_commit_start_writes_what_an_eager_partial_reset_writes() -> None:
     """`Rollout.commit_start` (the body of the graphed partial reset; run here without a graph, with a
-    world repeated as the graph's padding repeats it) leaves the cache, the valid slots, the noise
-    streams and the latents as `reset` does (up to float rounding), and the next steps make the same
-    frames."""
+    world repeated as the graph's padding repeats it) leaves the cache, the valid slots, the pending
+    frames, the noise streams and the latents as `reset` does (up to float rounding), and the next steps
+    make the same frames."""
     model = random_model()
     cfg = model.cfg
     rng = np.random.default_rng(4)
@@ -208,18 +277,19 @@ def test_commit_start_writes_what_an_eager_partial_reset_writes() -> None:
         rollouts.append(r)
     eager, direct = rollouts
     eager.reset(starts, which=np.array([0, 1, 3]))
-    direct.frame_index -= 1
     padded = _to_model_frames(np.concatenate([starts, starts[-1:]]), direct.device, direct.dtype)
     idx = torch.tensor([0, 1, 3, 3])
     with torch.inference_mode():  # as Rollout.reset runs it
-        latents = direct.commit_start(padded, idx, torch.tensor([direct.frame_index]))
+        latents = direct.commit_start(padded, idx)
         direct.latents[idx[:3]] = latents[:3]
-    direct.committed[[0, 1, 3]] = 1
-    direct.frame_index += 1
+    direct.committed[[0, 1, 3]] = 0
     assert direct.frame_index == eager.frame_index
     for a, b in zip(eager.cache_k + eager.cache_v, direct.cache_k + direct.cache_v):
         torch.testing.assert_close(a, b)
     assert torch.equal(eager.slot_valid, direct.slot_valid)
+    torch.testing.assert_close(eager.pending_z, direct.pending_z)
+    assert torch.equal(eager.pending_action, direct.pending_action)
+    assert torch.equal(eager.pending_action_mask, direct.pending_action_mask)
     assert torch.equal(eager.world_noise.counters, direct.world_noise.counters)
     torch.testing.assert_close(eager.latents, direct.latents)
     for a in actions[1:]:  # a batch of 4 rounds its sums unlike one of 3: a grey level here and there
@@ -239,7 +309,8 @@ def test_partial_reset_leaves_other_worlds_untouched() -> None:
     k_before = [k[1].clone() for k in r.cache_k]
     r.reset(frames[:1], which=np.array([True, False]))
     assert all(torch.equal(k[1], kb) for k, kb in zip(r.cache_k, k_before))
-    assert r.slot_valid[0].sum() == 1 and r.slot_valid[1].sum() == 2
+    # the start frames are committed by the first step; world 0's new start frame is pending
+    assert r.slot_valid[0].sum() == 0 and r.slot_valid[1].sum() == 1
 
 
 def test_host_count_of_committed_frames_says_which_slots_are_valid() -> None:

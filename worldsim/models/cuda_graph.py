@@ -1,11 +1,12 @@
 """One rollout step as one CUDA graph.
 
-A step of a small world model is hundreds of tiny kernels (S denoising passes + a commit pass + the
-decoder); launched one by one from Python they take ~10 ms on an H100, replayed as a graph about
-1 ms. `Rollout.advance` is written only with tensor ops on fixed buffers, so it is captured as is;
-what changes between steps (actions, noise, the frame index) is copied into static input buffers
-before each replay, and everything derived from the frame index (RoPE tables, the ring slot, the
-attention mask of the valid slots) is computed inside the graph.
+A step of a small world model is hundreds of tiny kernels (S denoising passes, the first of them
+also committing the previous frame, + the decoder); launched one by one from Python they take ~10 ms
+on an H100, replayed as a graph about 1 ms. `Rollout.advance` is written only with tensor ops on fixed
+buffers (the KV cache, the valid slots, the pending frame), so it is captured as is; what changes
+between steps (actions, noise, the frame index) is copied into static input buffers before each
+replay, and everything derived from the frame index (RoPE tables, the ring slot, the attention masks
+of the merged pass and of the valid slots) is computed inside the graph.
 """
 
 from __future__ import annotations
@@ -82,10 +83,11 @@ class GraphedCall:
 
 
 class GraphedAdvance:
-    """`Rollout.advance` for the rollout's batch size, captured twice: with the cache's attention mask
-    (while some worlds' ring slots are still empty: after a reset) and without (every slot valid, the
-    steady state; SDPA then takes its faster unmasked kernels: 8-14% of a pass at batch 512 on an
-    H100). Both share one memory pool.
+    """`Rollout.advance` for the rollout's batch size, captured twice: with the per-world masks of the
+    cache's valid slots (while some worlds' ring slots are still empty: after a reset) and without
+    (every slot valid, the steady state: the merged pass's mask is then one for all worlds, and the
+    single-frame passes take SDPA's faster unmasked kernels: 8-14% of a pass at batch 512 on an H100).
+    Both share one memory pool.
 
     When the worlds have their own noise streams (`Rollout.seed_worlds`), the step's two draws run inside
     the graph, on the streams' keys and counters in place: a step is then one launch with the actions as
@@ -98,16 +100,16 @@ class GraphedAdvance:
         self.draws_noise = r.world_noise is not None
         actions = torch.zeros(B, r.cfg.action_dim, device=dev, dtype=dt)
         index = torch.full((1,), r.frame_index, device=dev, dtype=torch.long)  # the new frame's index
-        # Warm-up and capture run the step for real; keep the cache, the valid slots and the noise
-        # streams' counters as they were.
-        state = r.cache_k + r.cache_v + [r.slot_valid]
+        # Warm-up and capture run the step for real; keep the cache, the valid slots, the pending frames
+        # and the noise streams' counters as they were.
+        state = r.cache_k + r.cache_v + [r.slot_valid, r.pending_z, r.pending_action, r.pending_action_mask]
         if self.draws_noise:
             state.append(r.world_noise.counters)
             inputs = [actions, index]
 
-            def step(a: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None) -> Any:
+            def step(a: torch.Tensor, index: torch.Tensor, all_valid: bool) -> Any:
                 noise, eps = r.world_draws()
-                return r.advance(a, noise, eps, index, mask)
+                return r.advance(a, noise, eps, index, all_valid)
         else:
             inputs = [
                 actions,
@@ -116,12 +118,12 @@ class GraphedAdvance:
                 index,
             ]
 
-            def step(a, noise, eps, index, mask):  # type: ignore[misc]
-                return r.advance(a, noise, eps, index, mask)
+            def step(a, noise, eps, index, all_valid):  # type: ignore[misc]
+                return r.advance(a, noise, eps, index, all_valid)
 
         saved = [b.clone() for b in state]
-        self.masked = GraphedCall(lambda *xs: step(*xs, r.slot_mask()), inputs, warmup)
-        self.full = GraphedCall(lambda *xs: step(*xs, None), inputs, warmup, pool=self.masked.graph.pool())
+        self.masked = GraphedCall(lambda *xs: step(*xs, False), inputs, warmup)
+        self.full = GraphedCall(lambda *xs: step(*xs, True), inputs, warmup, pool=self.masked.graph.pool())
         for buf, old in zip(state, saved):
             buf.copy_(old)
         self.warmup = warmup
@@ -134,9 +136,9 @@ class GraphedAdvance:
         eps: torch.Tensor | None,
         all_valid: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run one step with these inputs (`all_valid`: every world's ring slots are filled; noise and
-        eps None when the graph `draws_noise`); returns (latents, uint8 frames), the graph's own output
-        buffers: the next replay overwrites them."""
+        """Run one step with these inputs (`all_valid`: every world's ring slots are filled before the
+        step's commit; noise and eps None when the graph `draws_noise`); returns (latents, uint8
+        frames), the graph's own output buffers: the next replay overwrites them."""
         call = self.full if all_valid else self.masked
         if self.draws_noise:
             return call(actions, self.rollout.frame_index)
@@ -145,11 +147,13 @@ class GraphedAdvance:
     def reset(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """`Rollout.commit_start` for a partial reset of worlds idx (b,) from start frames x (b, 3, H, W)
         on the device, in [-1, 1], as a graph per power of two of b (padded with copies of the last world
-        and frame: the same values written twice); returns the b worlds' latents (a fresh tensor).
+        and frame: the same values written twice); returns the b worlds' latents (a fresh tensor). No
+        transformer pass: the encoder, the commit noise, and the worlds' pending frames and empty slots
+        (the next step's merged pass commits the start frames).
 
         A size's first call captures its graph with these very inputs: the warm-up runs do the reset for
-        real (writing the same cache entries the replay writes again), so only the noise streams'
-        counters, advanced by each run, are put back before the replay."""
+        real (writing the same slots and pending frames the replay writes again), so only the noise
+        streams' counters, advanced by each run, are put back before the replay."""
         r = self.rollout
         b = len(idx)
         size = 1 << (b - 1).bit_length()
@@ -157,11 +161,10 @@ class GraphedAdvance:
         if size > b:
             x = torch.cat([x, x[-1:].expand(size - b, *x.shape[1:])])
             i = torch.cat([i, i[-1:].expand(size - b)])
-        index = torch.full((1,), r.frame_index, device=r.device, dtype=torch.long)
         graph = self._resets.get(size)
         if graph is None:
             counters = r.world_noise.counters.clone()
-            graph = GraphedCall(r.commit_start, [x, i, index], self.warmup, pool=self.masked.graph.pool())
+            graph = GraphedCall(r.commit_start, [x, i], self.warmup, pool=self.masked.graph.pool())
             r.world_noise.counters.copy_(counters)
             self._resets[size] = graph
-        return graph(x, i, index)[:b].clone()
+        return graph(x, i)[:b].clone()

@@ -1,11 +1,18 @@
 """The rollout engine: the one routine that steps a world model (env, vector env, app, infer, eval).
 
 A `Rollout` holds a batch of B worlds. It keeps a KV cache of each world's last K committed frames
-(a ring of K slots, one per frame), and for each step:
-  1. denoises the new frame's latents in S Euler steps, the new tokens attending to the cache;
-  2. commits the frame: one more pass over its (lightly re-noised) latents writes its keys and values
-     into the oldest slot — exactly the attention pattern `training_frame_mask` trains;
-  3. decodes the latents to pixels.
+(a ring of K slots, one per frame) and one *pending* frame: the last frame it made (or a reset's start
+frame), made but not yet committed to the cache. Each step, for a new frame k+1 after pending frame k:
+  1. one merged pass over 2 frames, [frame k, frame k+1]: frame k's committed latents (lightly
+     re-noised) and frame k+1's pure noise. Frame k's queries attend the ring (frames k-K..k-1) and
+     itself: its keys and values are its commit, written into its ring slot (k % K, which held frame
+     k-K); frame k+1's queries attend the ring but frame k-K, frame k and itself: its first Euler step.
+     Exactly the attention pattern `training_frame_mask` trains (clean_k sees clean_{k-K..k}; noisy_{k+1}
+     sees clean_{k+1-K..k} and itself);
+  2. the other S-1 Euler steps of frame k+1, single-frame passes attending the ring (now k-K+1..k);
+  3. decodes frame k+1's latents to pixels; frame k+1 becomes the pending frame.
+So a step costs S passes (the commit rides along with the first denoising pass), not S+1. A reset
+makes the start frame pending without any pass (its commit is the first step's merged pass).
 Chunk mode (1 conditioning frame + 12 actions -> 12 frames, Cosmos's sample shape) is `step` run 12
 times. Worlds in a batch may be reset independently (gymnasium autoreset).
 """
@@ -63,21 +70,35 @@ class Rollout:
         dyn = model.dynamics
         self.N = cfg.tokens_per_frame
         self.latent_shape = (cfg.latent_channels, cfg.latent_height, cfg.latent_width)
-        H, Dh, K = cfg.heads, dyn.head_dim, self.window
-        shape = (batch_size, H, (K + 1) * self.N, Dh)  # K ring slots, then scratch for the new frame
+        H, Dh, K, N = cfg.heads, dyn.head_dim, self.window, self.N
+        # K ring slots, then scratch for 2 frames: a single-frame pass sees the ring and N scratch
+        # positions (`_past_one`), the merged pass the ring and 2N (`_past_two`); `Attention` writes a
+        # pass's new keys and values into the last positions of the buffers it is given.
+        shape = (batch_size, H, (K + 2) * N, Dh)
         self.cache_k = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in dyn.blocks]
         self.cache_v = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in dyn.blocks]
+        self._past_two = list(zip(self.cache_k, self.cache_v))
+        self._past_one = [(k[:, :, : (K + 1) * N], v[:, :, : (K + 1) * N]) for k, v in self._past_two]
         self.slot_valid = torch.zeros(batch_size, K, dtype=torch.bool, device=self.device)
-        # frames committed since each world's reset, on the host: once all reach K every slot is valid
-        # (what slot_valid says, without a device sync)
+        # frames committed to the ring since each world's reset, on the host: once all reach K every slot
+        # is valid (what slot_valid says, without a device sync). The pending frame is not counted.
         self.committed = np.zeros(batch_size, dtype=np.int64)
-        self.frame_index = 0  # global frame counter: the RoPE time position of the next committed frame
+        # The pending frame of each world (the current frame, made but not yet committed: the next step's
+        # merged pass commits it), in fixed buffers that a CUDA graph updates in place: its latents as
+        # the commit sees them (re-noised with the commit noise drawn when it was made), the action that
+        # led into it and that action's mask (0 for a start frame). Its position is frame_index - 1.
+        self.pending_z = torch.zeros(batch_size, 1, *self.latent_shape, device=self.device, dtype=self.dtype)
+        self.pending_action = torch.zeros(batch_size, cfg.action_dim, device=self.device, dtype=self.dtype)
+        self.pending_action_mask = torch.zeros(batch_size, device=self.device)
+        # global frame counter: the RoPE time position of the next frame made (the pending frame's + 1)
+        self.frame_index = 0
         # Python floats: the times are constants of the sampling loop (no device sync, graph-capturable)
         self.times_list = sampling_times(self.denoise_steps, cfg.time_shift).tolist()
         self.cuda_graph = None  # set by enable_cuda_graph()
         self.graph_resets = True  # partial resets as graphs where they apply (False: eager; for A/B timing)
         # Without a cache (the reference path for tests and benchmarks): every committed frame since
-        # reset, re-run through the network at every denoising step. (z, actions, action_mask, index)
+        # reset, re-run through the network at every denoising step. (z, actions, action_mask, index);
+        # the pending frame joins it at the start of the next step, as the cache's commit does.
         self.history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
         self.latents: torch.Tensor | None = None  # (B, C, h, w) latents of the current frame
         # uint8 (B, H, W, 3) frames of the last step, on the device (for consumers such as a success
@@ -88,7 +109,7 @@ class Rollout:
         # batch 1: 0.49 -> 0.41 ms on an H100; 9.5 -> 5.7 ms on 2 CPU cores in bf16, where the latents go
         # in channels-last too: `_decode`); converting the weights is idempotent and keeps their values.
         model.tokenizer.decoder.to(memory_format=torch.channels_last)
-        self._rope_index, self._rope_tables = -1, None
+        self._rope_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ----------------------------------------------------------------------------------- public
     @torch.inference_mode()
@@ -103,37 +124,37 @@ class Rollout:
             raise ValueError(
                 f"reset frames must be ({len(idx)}, {self.cfg.height}, {self.cfg.width}, 3) uint8, got {tuple(frames.shape)}"
             )
-        if self._graphed_reset_applies(len(idx)):
-            # A vector env's autoreset of a few worlds, once the step is a CUDA graph: the same work as
-            # below, as one graph launch (`GraphedAdvance.reset`) instead of hundreds of eager kernels.
-            self.frame_index -= 1  # as below: the start frame takes the place of the current frame
-            latents = self.cuda_graph.reset(x, idx)
-            self.committed[idx.numpy()] = 1
-            self.latents[idx.to(self.device)] = latents
-            self.frame_index += 1
-            return
-        latents = self.model.tokenizer.encode(x)  # (b, C, h, w)
-        self.slot_valid[idx] = False
-        # A partial reset puts the new start frame in place of these worlds' current frame (position
-        # frame_index - 1): advancing the shared clock would leave every other world a gap in time.
-        self.frame_index -= int(self.latents is not None and len(idx) < self.batch_size)
-        if len(idx) == self.batch_size:
-            # RoPE is relative, but keys are rounded after rotation (bf16 especially), so the same
-            # episode must see the same absolute positions: a full reset restarts the clock.
-            self.frame_index = 0
         if not self.use_cache:
             if len(idx) != self.batch_size:
                 raise ValueError("the uncached reference rollout resets all worlds at once")
             self.history = []
+        if self._graphed_reset_applies(len(idx)):
+            # A vector env's autoreset of a few worlds, once the step is a CUDA graph: the same work as
+            # below, as one graph launch (`GraphedAdvance.reset`) instead of dozens of eager kernels.
+            latents = self.cuda_graph.reset(x, idx)
+            self.committed[idx.numpy()] = 0
+            self.latents[idx.to(self.device)] = latents
+            return
+        latents = self.model.tokenizer.encode(x)  # (b, C, h, w)
+        self.slot_valid[idx] = False
+        # The start frame becomes these worlds' pending frame, at position frame_index - 1: a partial
+        # reset puts it in place of their current frame (advancing the shared clock would leave every
+        # other world a gap in time), and the next step's merged pass commits it.
+        if self.latents is None or len(idx) == self.batch_size:
+            # RoPE is relative, but keys are rounded after rotation (bf16 especially), so the same
+            # episode must see the same absolute positions: a full reset restarts the clock (the start
+            # frame at position 0).
+            self.frame_index = 1
+        # its commit noise, drawn now (as the commit pass drew it when a reset ran one)
+        eps = self._noise(self.latent_shape, idx) if self.context_noise > 0 else None
         no_action = torch.zeros(len(idx), self.cfg.action_dim, device=self.device, dtype=self.dtype)
-        self._commit(latents, no_action, torch.zeros(len(idx), device=self.device), idx)
-        self.committed[idx.numpy()] = 1
+        self._set_pending(latents, no_action, 0.0, eps, idx.to(self.device))
+        self.committed[idx.numpy()] = 0
         if self.latents is None:
             self.latents = torch.zeros(
                 self.batch_size, *self.latent_shape, device=self.device, dtype=self.dtype
             )
         self.latents[idx] = latents
-        self.frame_index += 1
 
     def seed_worlds(self, seeds: Sequence[int], which: np.ndarray | torch.Tensor | None = None) -> None:
         """Give the worlds `which` (default all) their own noise streams, seeded by `seeds`.
@@ -171,7 +192,6 @@ class Rollout:
         if self.latents is None:
             raise RuntimeError("call reset(frames) before step(actions)")
         a = self._check_actions(actions, env_convention)  # (B, A)
-        every = torch.arange(self.batch_size)
         graphed = self.cuda_graph is not None and self.use_cache and self.guidance == 1.0
         if graphed and self.cuda_graph.draws_noise != (self.world_noise is not None):
             self.enable_cuda_graph()  # the worlds got their own noise streams since the capture
@@ -179,17 +199,21 @@ class Rollout:
             noise = eps = None  # drawn inside the graph
         else:
             noise = self._noise((1, *self.latent_shape))  # (B, 1, C, h, w)
-            eps = self._noise(self.latent_shape) if self.context_noise > 0 else None  # commit noise
+            # the new frame's commit noise: used when the next step commits it
+            eps = self._noise(self.latent_shape) if self.context_noise > 0 else None
+        # every world's ring full before this step's commit (a host count, no device sync): the passes
+        # need no per-world mask of empty slots
+        all_valid = bool((self.committed >= self.window).all())
         if graphed:
-            all_valid = bool((self.committed >= self.window).all())
             latents, frames = self.cuda_graph.replay(a, noise, eps, all_valid)
             latents = latents.clone()  # the graph's buffer: the next replay overwrites it
         elif self.use_cache and self.guidance == 1.0:
             index = torch.full((1,), self.frame_index, device=self.device, dtype=torch.long)
-            latents, frames = self.advance(a, noise, eps, index, self._cache_mask(every))
-        else:  # guidance or the uncached reference path
+            latents, frames = self.advance(a, noise, eps, index, all_valid)
+        else:  # guidance or the uncached reference path: the commit as a pass of its own, then denoising
+            self._commit_pending()
             latents = self.denoise(a, noise)
-            self._commit(latents, a, torch.ones(self.batch_size, device=self.device), every, eps)
+            self._set_pending(latents, a, 1.0, eps)
             frames = self._to_uint8(self._decode(latents))
         self.latents, self.frames = latents, frames
         self.frame_index += 1
@@ -211,35 +235,42 @@ class Rollout:
         noise: torch.Tensor,
         eps: torch.Tensor | None,
         index: torch.Tensor,
-        mask: torch.Tensor | None,
+        all_valid: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Denoise, commit and decode one frame for all worlds: the hot path, made only of tensor ops
-        on fixed buffers so that a CUDA graph can capture it (see worldsim/models/cuda_graph.py).
+        """Commit the pending frame, denoise and decode the next one for all worlds: the hot path, made
+        only of tensor ops on fixed buffers so that a CUDA graph can capture it (worldsim/models/
+        cuda_graph.py).
 
-        index: (1,) long, the frame index of the new frame (its RoPE time and its ring slot); mask: the
-        cache mask (`slot_mask`), or None when every slot is valid. Marks the new frame's slot valid.
-        Returns latents (B, C, h, w) and uint8 frames (B, H, W, 3), still on the device."""
-        dyn, B = self.model.dynamics, self.batch_size
-        rope = rope_tables(index, *dyn.grid, dyn.head_dim)
-        slot = index % self.window
-        slot_tokens = slot * self.N + torch.arange(self.N, device=self.device)
-        a = actions[:, None]  # (B, 1, A)
+        actions (B, A) lead into the new frame; noise (B, 1, C, h, w) is its start; eps (B, C, h, w), its
+        commit noise (None without context noise), re-noises it as the pending frame that the next step
+        commits. index: (1,) long, the new frame's position (the pending frame's + 1). all_valid: every
+        world's ring slots were valid before this step (`committed` >= K): the single-frame passes then
+        go unmasked. The first Euler step is the merged 2-frame pass that also commits the pending frame
+        into ring slot (index - 1) % K (marked valid); see the module docstring. Returns the new frame's
+        latents (B, C, h, w) and uint8 frames (B, H, W, 3), still on the device."""
+        dyn, B, N = self.model.dynamics, self.batch_size, self.N
+        times = self.times_list
+        rope_two = rope_tables(torch.cat([index - 1, index]), *dyn.grid, dyn.head_dim)  # (2N, Dh/2) each
+        rope_one = (rope_two[0][N:], rope_two[1][N:])  # the new frame's
+        slot = (index - 1) % self.window  # the pending frame's slot, holding frame index - 1 - K
         ones = torch.ones(B, 1, device=self.device)
-        past_kv = list(zip(self.cache_k, self.cache_v))
-        x = noise
-        for t_now, t_next in zip(self.times_list[:-1], self.times_list[1:]):
+        z = torch.cat([self.pending_z, noise], dim=1)  # (B, 2, C, h, w)
+        t = torch.cat([self._context_t(B), torch.full((B, 1), times[0], device=self.device)], dim=1)
+        a = torch.stack([self.pending_action, actions], dim=1)  # (B, 2, A)
+        action_mask = torch.cat([self.pending_action_mask[:, None], ones], dim=1)
+        valid = None if all_valid else self.slot_valid
+        mask = _pair_mask(valid, slot, self.window, N)
+        v, kv = dyn(z, t, a, None, mask, action_mask=action_mask, past_kv=self._past_two, rope=rope_two)
+        self._write_slot(kv, slot)
+        x = noise + (times[1] - times[0]) * v[:, 1:]
+        mask = None if all_valid else _slot_mask(self.slot_valid, N)
+        a = actions[:, None]  # (B, 1, A)
+        for t_now, t_next in zip(times[1:-1], times[2:]):
             t = torch.full((B, 1), t_now, device=self.device)
-            v, _ = dyn(x, t, a, None, mask, action_mask=ones, past_kv=past_kv, rope=rope)
+            v, _ = dyn(x, t, a, None, mask, action_mask=ones, past_kv=self._past_one, rope=rope_one)
             x = x + (t_next - t_now) * v
-        z = x if eps is None else add_noise(x, self._context_t(B), eps[:, None])
-        _, kv = dyn(
-            z, self._context_t(B), a, None, mask, action_mask=ones, past_kv=past_kv, rope=rope, kv_only=True
-        )
-        for (k_new, v_new), k_buf, v_buf in zip(kv, self.cache_k, self.cache_v):
-            k_buf.index_copy_(2, slot_tokens, k_new)
-            v_buf.index_copy_(2, slot_tokens, v_new)
-        self.slot_valid.index_fill_(1, slot, True)
         latents = x[:, 0]
+        self._set_pending(latents, actions, 1.0, eps)
         return latents, self._to_uint8(self._decode(latents))
 
     @torch.inference_mode()
@@ -292,69 +323,82 @@ class Rollout:
             t,
             a,
             None,
-            self._cache_mask(torch.arange(self.batch_size)),
+            self._cache_mask(),
             action_mask=action_mask,
-            past_kv=list(zip(self.cache_k, self.cache_v)),
-            rope=self._rope(),
+            past_kv=self._past_one,
+            rope=self._rope(self.frame_index),
         )
         return v
 
-    def _rope(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """RoPE tables of the frame being made, computed once per frame index."""
-        if self._rope_index != self.frame_index:
-            pos = torch.tensor([self.frame_index], device=self.device)
-            self._rope_tables = rope_tables(pos, *self.model.dynamics.grid, self.model.dynamics.head_dim)
-            self._rope_index = self.frame_index
-        return self._rope_tables
+    def _rope(self, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE tables of one frame at position `pos`, computed once per position (the eager paths)."""
+        if pos not in self._rope_cache:
+            if len(self._rope_cache) > 4:  # a step uses 2 positions: the pending frame's and the new one's
+                self._rope_cache.clear()
+            dyn = self.model.dynamics
+            frame_pos = torch.tensor([pos], device=self.device)
+            self._rope_cache[pos] = rope_tables(frame_pos, *dyn.grid, dyn.head_dim)
+        return self._rope_cache[pos]
 
-    def _commit(
+    def _commit_pending(self) -> None:
+        """Commit every world's pending frame (at position frame_index - 1) with a pass of its own: its
+        keys and values into its ring slot (the slow path, for guidance; `advance` merges the commit into
+        the first denoising pass). Without a cache, the frame joins the history instead."""
+        pos = self.frame_index - 1
+        z, a, action_mask = self.pending_z, self.pending_action[:, None], self.pending_action_mask[:, None]
+        if not self.use_cache:  # copies: the pending buffers are overwritten in place
+            self.history.append((z.clone(), a.clone(), action_mask.clone(), pos))
+            return
+        B = self.batch_size
+        _, kv = self.model.dynamics(
+            z,
+            self._context_t(B),
+            a,
+            None,
+            self._cache_mask(),
+            action_mask=action_mask,
+            past_kv=self._past_one,
+            rope=self._rope(pos),
+            kv_only=True,
+        )
+        self._write_slot(kv, torch.full((1,), pos % self.window, device=self.device, dtype=torch.long))
+
+    def _write_slot(self, kv: list[tuple[torch.Tensor, torch.Tensor]], slot: torch.Tensor) -> None:
+        """Write the keys and values of the first frame of a pass (each block's (k, v): (B, H, F*N, Dh))
+        into ring slot `slot` (1,) of every world, and mark it valid. Tensor ops only."""
+        N = self.N
+        slot_tokens = slot * N + torch.arange(N, device=self.device)
+        for (k_new, v_new), k_buf, v_buf in zip(kv, self.cache_k, self.cache_v):
+            k_buf.index_copy_(2, slot_tokens, k_new[:, :, :N])
+            v_buf.index_copy_(2, slot_tokens, v_new[:, :, :N])
+        self.slot_valid.index_fill_(1, slot, True)
+
+    def _set_pending(
         self,
         latents: torch.Tensor,
         actions: torch.Tensor,
-        action_mask: torch.Tensor,
-        idx: torch.Tensor,
-        eps: torch.Tensor | None = None,
+        action_mask: float,
+        eps: torch.Tensor | None,
+        idx: torch.Tensor | None = None,
     ) -> None:
-        """Write the K/V of frames (b, C, h, w) of worlds `idx` into the ring slot of this frame index
-        (the slow path: resets and guidance; `advance` is the fast one)."""
-        b = len(idx)
-        if self.context_noise > 0:
-            eps = self._noise(self.latent_shape, idx) if eps is None else eps  # (b, C, h, w)
-            z = add_noise(latents[:, None], self._context_t(b), eps[:, None])
+        """Make frames (b, C, h, w) the pending frames of worlds idx (a device tensor; default all): their
+        latents re-noised to the context noise level with their commit noise eps (b, C, h, w) (None: as
+        they are), the actions (b, A) that led into them and that action's mask (1, or 0 for a start
+        frame). In place, with tensor ops only (graph-capturable)."""
+        z = latents[:, None]
+        if eps is not None:
+            z = add_noise(z, self._context_t(len(latents)), eps[:, None])
+        if idx is None:
+            self.pending_z.copy_(z)
+            self.pending_action.copy_(actions)
+            self.pending_action_mask.fill_(action_mask)
         else:
-            z = latents[:, None]
-        if not self.use_cache:
-            self.history.append((z, actions[:, None], action_mask[:, None], self.frame_index))
-            return
-        full = b == self.batch_size  # indexing copies the buffers: only when a subset resets
-        # A subset (a vector env's autoreset of 1, 2, 3... worlds) runs eagerly even when the model is
-        # compiled: `forward` bypasses the compiled __call__. Compiling each subset size cost about 10 s
-        # the first time each size came up (an H100, bundled small); the eager pass costs milliseconds.
-        dynamics = self.model.dynamics if full else self.model.dynamics.forward
-        _, kv = dynamics(
-            z,
-            self._context_t(b),
-            actions[:, None],
-            None,
-            self._cache_mask(idx),
-            action_mask=action_mask[:, None],
-            past_kv=[(k, v) if full else (k[idx], v[idx]) for k, v in zip(self.cache_k, self.cache_v)],
-            rope=self._rope(),
-            kv_only=True,
-        )
-        slot_tokens = self._slot_tokens()
-        for (k_new, v_new), k_buf, v_buf in zip(kv, self.cache_k, self.cache_v):
-            k_buf[idx[:, None], :, slot_tokens] = k_new.transpose(1, 2)  # (b, N, H, Dh) advanced-index view
-            v_buf[idx[:, None], :, slot_tokens] = v_new.transpose(1, 2)
-        self.slot_valid[idx, self.frame_index % self.window] = True
+            self.pending_z.index_copy_(0, idx, z)
+            self.pending_action.index_copy_(0, idx, actions)
+            self.pending_action_mask.index_fill_(0, idx, action_mask)
 
     def _context_t(self, b: int) -> torch.Tensor:
         return torch.full((b, 1), self.context_noise, device=self.device)
-
-    def _slot_tokens(self) -> torch.Tensor:
-        """Token positions (N,) of the ring slot that the frame being made is committed to."""
-        start = (self.frame_index % self.window) * self.N
-        return torch.arange(start, start + self.N, device=self.device)
 
     @staticmethod
     def _to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -381,40 +425,20 @@ class Rollout:
             and b < self.batch_size
         )
 
-    def commit_start(self, x: torch.Tensor, idx: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def commit_start(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """A partial reset's work as tensor ops on fixed buffers (graph-capturable, like `advance`):
         encode start frames x (b, 3, H, W) in [-1, 1] (`reset`'s model input) of worlds `idx` (b,) (a
-        device tensor; a world may repeat, with the same frame), and commit them at frame `index` (1,)
-        with the mask of their (now empty) ring slots, as `reset` and `_commit` do. Returns their latents
-        (b, C, h, w)."""
-        dyn, b = self.model.dynamics, len(idx)
+        device tensor; a world may repeat, with the same frame), empty their ring slots and make the
+        frames their pending frames with their commit noise drawn from the worlds' own streams, as
+        `reset` does (no transformer pass: the next step's merged pass commits them). Returns their
+        latents (b, C, h, w)."""
         latents = self.model.tokenizer.encode(x)
         self.slot_valid.index_fill_(0, idx, False)
-        t = self._context_t(b)
-        z = latents[:, None]
+        eps = None
         if self.context_noise > 0:
             eps = self.world_noise.draw(self.latent_shape, idx, self.dtype, graphed=False)
-            z = add_noise(z, t, eps[:, None])
-        mask = _slot_mask(self.slot_valid.index_select(0, idx), self.N)
-        _, kv = dyn.forward(
-            z,
-            t,
-            torch.zeros(b, 1, self.cfg.action_dim, device=self.device, dtype=self.dtype),
-            None,
-            mask,
-            action_mask=torch.zeros(b, 1, device=self.device),
-            past_kv=[
-                (k.index_select(0, idx), v.index_select(0, idx)) for k, v in zip(self.cache_k, self.cache_v)
-            ],
-            rope=rope_tables(index, *dyn.grid, dyn.head_dim),
-            kv_only=True,
-        )
-        slot = index % self.window
-        slot_tokens = slot * self.N + torch.arange(self.N, device=self.device)
-        for (k_new, v_new), k_buf, v_buf in zip(kv, self.cache_k, self.cache_v):
-            k_buf[idx[:, None], :, slot_tokens] = k_new.transpose(1, 2)  # (b, N, H, Dh) advanced-index view
-            v_buf[idx[:, None], :, slot_tokens] = v_new.transpose(1, 2)
-        self.slot_valid.view(-1).index_fill_(0, idx * self.window + slot, True)
+        no_action = torch.zeros(len(idx), self.cfg.action_dim, device=self.device, dtype=self.dtype)
+        self._set_pending(latents, no_action, 0.0, eps, idx)
         return latents
 
     def world_draws(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -429,15 +453,10 @@ class Rollout:
             eps = self.world_noise.draw(self.latent_shape, dtype=self.dtype, graphed=False)
         return noise, eps
 
-    def _cache_mask(self, idx: torch.Tensor) -> torch.Tensor | None:
-        """`slot_mask` of worlds idx, or None when all their slots are valid (a host sync: eager paths)."""
-        valid = self.slot_valid[idx]
-        return None if bool(valid.all()) else _slot_mask(valid, self.N)
-
-    def slot_mask(self) -> torch.Tensor:
-        """(B, 1, 1, (K+1)*N) bool attention mask of the cache: the valid ring slots, then the new frame
-        (scratch). Tensor ops only (no host sync): a CUDA graph computes it on every replay."""
-        return _slot_mask(self.slot_valid, self.N)
+    def _cache_mask(self) -> torch.Tensor | None:
+        """`_slot_mask` of a single-frame pass, or None when all slots are valid (a host sync: eager
+        paths)."""
+        return None if bool(self.slot_valid.all()) else _slot_mask(self.slot_valid, self.N)
 
     # ---- uncached reference path: recompute every frame since reset at every denoising step
     def _velocity_uncached(
@@ -479,11 +498,28 @@ class Rollout:
 
 
 def _slot_mask(valid: torch.Tensor, n: int) -> torch.Tensor:
-    """(b, K) valid ring slots -> (b, 1, 1, (K+1)*n) token mask: the slots' n tokens each, then the new
-    frame's n tokens (always attended)."""
+    """(b, K) valid ring slots -> (b, 1, 1, (K+1)*n) token mask of a single-frame pass: the slots' n
+    tokens each, then the new frame's n tokens (always attended)."""
     cache = valid.repeat_interleave(n, dim=1)  # (b, K*n)
     self_part = torch.ones(valid.shape[0], n, dtype=torch.bool, device=valid.device)
     return torch.cat([cache, self_part], dim=1)[:, None, None, :]
+
+
+def _pair_mask(valid: torch.Tensor | None, slot: torch.Tensor, window: int, n: int) -> torch.Tensor:
+    """The merged pass's token mask (b or 1, 1, 2n, (K+2)*n) over [ring of K slots, pending frame, new
+    frame], from the (b, K) valid ring slots (None: all valid) and the pending frame's slot (1,) long.
+    The pending frame's queries attend the valid slots and itself (clean_k: clean_{k-K..k}); the new
+    frame's the valid slots but the pending frame's (which holds frame k-K, outside its window), the
+    pending frame and itself (noisy_{k+1}: clean_{k+1-K..k} and itself). Tensor ops only (no host
+    sync): a CUDA graph computes it on every replay."""
+    device = slot.device
+    ring = torch.ones(1, window, dtype=torch.bool, device=device) if valid is None else valid  # (b, K)
+    ring_new = ring & (torch.arange(window, device=device) != slot)
+    yes = torch.ones(ring.shape[0], 1, dtype=torch.bool, device=device)
+    pending_row = torch.cat([ring, yes, ~yes], dim=1)  # keys: ring, pending frame, new frame
+    new_row = torch.cat([ring_new, yes, yes], dim=1)
+    frames = torch.stack([pending_row, new_row], dim=1)  # (b, 2, K+2): query frame x key frame
+    return frames.repeat_interleave(n, dim=1).repeat_interleave(n, dim=2)[:, None]
 
 
 def _to_model_frames(
