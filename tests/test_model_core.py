@@ -133,8 +133,13 @@ def test_merged_commit_pass_matches_a_separate_commit_pass(denoise_steps: int, o
     frames = rng.integers(0, 256, (3, cfg.height, cfg.width, 3), dtype=np.uint8)
     actions = rng.normal(0, 0.02, (2 * K + 4, 3, 7))
     latents = []
-    for cls in (Rollout, _SeparateCommitRollout):
-        r = cls(model, batch_size=3, denoise_steps=denoise_steps, seed=7)
+    variants = [
+        (Rollout, {"merge_commit": True}),
+        (Rollout, {"merge_commit": False}),
+        (_SeparateCommitRollout, {}),
+    ]
+    for cls, kwargs in variants:
+        r = cls(model, batch_size=3, denoise_steps=denoise_steps, seed=7, **kwargs)
         if own_noise:
             r.seed_worlds([1, 2, 3])
         r.reset(frames)
@@ -149,22 +154,29 @@ def test_merged_commit_pass_matches_a_separate_commit_pass(denoise_steps: int, o
             r.step(a)
             out.append(r.latents.clone())
         latents.append(torch.stack(out))
-    merged, separate = latents
-    for step, (m, s) in enumerate(zip(merged, separate)):
-        err = (m - s).abs().max().item()
-        assert err < 1e-5, f"step {step}: merged and separate commits differ by {err}"
+    *advanced, reference = latents
+    for name, got in zip(("merged", "separate"), advanced):
+        for step, (m, s) in enumerate(zip(got, reference)):
+            err = (m - s).abs().max().item()
+            assert err < 1e-5, (
+                f"step {step}: the {name} commit in advance() and the reference differ by {err}"
+            )
 
 
 @pytest.mark.parametrize("denoise_steps", [1, 2])
-def test_a_step_runs_one_transformer_pass_per_euler_step(denoise_steps: int) -> None:
-    """The commit rides along with the first denoising pass: a step is S passes, the first over 2
-    frames (the previous frame and the new one), and a reset runs none."""
+@pytest.mark.parametrize("merge_commit", [True, False])
+def test_a_step_runs_one_transformer_pass_per_euler_step(denoise_steps: int, merge_commit: bool) -> None:
+    """Merged, the commit rides along with the first denoising pass: a step is S passes, the first over
+    2 frames (the previous frame and the new one); else it is a pass of its own (S + 1 single-frame
+    passes). A reset runs none. By default a single world merges, a batch does not."""
     model = random_model()
     cfg = model.cfg
+    assert model.rollout(batch_size=1).merge_commit and not model.rollout(batch_size=2).merge_commit
     calls: list[int] = []
     hook = model.dynamics.register_forward_pre_hook(lambda _, args: calls.append(args[0].shape[1]))
+    passes = [2] + [1] * (denoise_steps - 1) if merge_commit else [1] * (denoise_steps + 1)
     try:
-        r = model.rollout(batch_size=2, denoise_steps=denoise_steps, seed=0)
+        r = model.rollout(batch_size=2, denoise_steps=denoise_steps, seed=0, merge_commit=merge_commit)
         r.reset(np.zeros((2, cfg.height, cfg.width, 3), dtype=np.uint8))
         assert calls == []
         for step in range(cfg.num_context_frames + 2):
@@ -172,7 +184,7 @@ def test_a_step_runs_one_transformer_pass_per_euler_step(denoise_steps: int) -> 
                 r.reset(np.zeros((1, cfg.height, cfg.width, 3), dtype=np.uint8), which=np.array([1]))
                 assert calls == []
             r.step(np.zeros((2, 7)))
-            assert calls == [2] + [1] * (denoise_steps - 1), f"step {step}: frames per pass {calls}"
+            assert calls == passes, f"step {step}: frames per pass {calls}"
             calls.clear()
     finally:
         hook.remove()
@@ -195,9 +207,11 @@ def test_same_seed_gives_identical_rollout_and_other_seed_differs() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize("own_noise", [True, False])
-def test_cuda_graph_steps_match_eager_steps(own_noise: bool) -> None:
+@pytest.mark.parametrize("merge_commit", [True, False])
+def test_cuda_graph_steps_match_eager_steps(own_noise: bool, merge_commit: bool) -> None:
     """The captured step (masked while ring slots are empty, then full; noise from the shared generator
-    or the worlds' own streams) makes the frames the eager step makes, through a partial reset."""
+    or the worlds' own streams; the commit merged or a pass of its own) makes the frames the eager step
+    makes, through a partial reset."""
     model = random_model().to("cuda")
     cfg = model.cfg
     rng = np.random.default_rng(2)
@@ -205,7 +219,7 @@ def test_cuda_graph_steps_match_eager_steps(own_noise: bool) -> None:
     actions = rng.normal(0, 0.02, (cfg.num_context_frames + 3, 3, 7))  # past a full ring of slots
 
     def run(graphed: bool) -> np.ndarray:
-        r = model.rollout(batch_size=3, seed=5)
+        r = model.rollout(batch_size=3, seed=5, merge_commit=merge_commit)
         r.reset(frames)
         if graphed:
             r.enable_cuda_graph()  # before the worlds get their own streams: noise is a graph input
