@@ -133,7 +133,8 @@ class BridgeWorldEnv(gym.Env):
       frames for the same seed, actions and device. 2026-11-27: the bundled weights are lease 13, which
       samples a frame in one distilled Euler step (its config's `denoise_steps` is 1), so a seed again
       gives other frames than before; later that day lease 14: lease 13 with a 4x lighter decoder (the
-      same latents, decoded by other weights into other pixels).
+      same latents, decoded by other weights into other pixels); and a single world's commit pass merged
+      into the next step's first denoising pass (frames within float rounding of before).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 5}
