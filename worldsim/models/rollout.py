@@ -140,29 +140,22 @@ class Rollout:
             # A vector env's autoreset of a few worlds, once the step is a CUDA graph: the same work as
             # below, as one graph launch (`GraphedAdvance.reset`) instead of dozens of eager kernels.
             latents = self.cuda_graph.reset(x, idx)
-            self.committed[idx.numpy()] = 0
-            self.latents[idx.to(self.device)] = latents
-            return
-        latents = self.model.tokenizer.encode(x)  # (b, C, h, w)
-        self.slot_valid[idx] = False
-        # The start frame becomes these worlds' pending frame, at position frame_index - 1: a partial
-        # reset puts it in place of their current frame (advancing the shared clock would leave every
-        # other world a gap in time), and the next step's merged pass commits it.
-        if self.latents is None or len(idx) == self.batch_size:
-            # RoPE is relative, but keys are rounded after rotation (bf16 especially), so the same
-            # episode must see the same absolute positions: a full reset restarts the clock (the start
-            # frame at position 0).
-            self.frame_index = 1
-        # its commit noise, drawn now (as the commit pass drew it when a reset ran one)
-        eps = self._noise(self.latent_shape, idx) if self.context_noise > 0 else None
-        no_action = torch.zeros(len(idx), self.cfg.action_dim, device=self.device, dtype=self.dtype)
-        self._set_pending(latents, no_action, 0.0, eps, idx.to(self.device))
+        else:
+            # The start frame becomes these worlds' pending frame, at position frame_index - 1: a partial
+            # reset puts it in place of their current frame (advancing the shared clock would leave every
+            # other world a gap in time), and the next step's commit commits it.
+            if self.latents is None or len(idx) == self.batch_size:
+                # RoPE is relative, but keys are rounded after rotation (bf16 especially), so the same
+                # episode must see the same absolute positions: a full reset restarts the clock (the start
+                # frame at position 0).
+                self.frame_index = 1
+            latents = self.commit_start(x, idx.to(self.device))  # (b, C, h, w)
         self.committed[idx.numpy()] = 0
         if self.latents is None:
             self.latents = torch.zeros(
                 self.batch_size, *self.latent_shape, device=self.device, dtype=self.dtype
             )
-        self.latents[idx] = latents
+        self.latents[idx.to(self.device)] = latents
 
     def seed_worlds(self, seeds: Sequence[int], which: np.ndarray | torch.Tensor | None = None) -> None:
         """Give the worlds `which` (default all) their own noise streams, seeded by `seeds`.
@@ -271,17 +264,12 @@ class Rollout:
             valid = None if all_valid else self.slot_valid
             mask = _pair_mask(valid, slot, self.window, N)
             v, kv = dyn(z, t, a, None, mask, action_mask=action_mask, past_kv=self._past_two, rope=rope_two)
+            self._write_slot(kv, slot)
             x, times = noise + (times[1] - times[0]) * v[:, 1:], times[1:]  # the first Euler step is done
         else:  # the commit as a pass of its own: the pending frame attends the whole ring and itself
             mask = None if all_valid else _slot_mask(self.slot_valid, N)
-            rope_pending = (rope_two[0][:N], rope_two[1][:N])
-            a, action_mask = self.pending_action[:, None], self.pending_action_mask[:, None]
-            _, kv = dyn(
-                self.pending_z, self._context_t(B), a, None, mask, action_mask=action_mask,
-                past_kv=self._past_one, rope=rope_pending, kv_only=True,
-            )  # fmt: skip
+            self._commit_pass(mask, (rope_two[0][:N], rope_two[1][:N]), slot)
             x = noise
-        self._write_slot(kv, slot)
         mask = None if all_valid else _slot_mask(self.slot_valid, N)
         a = actions[:, None]  # (B, 1, A)
         for t_now, t_next in zip(times[:-1], times[1:]):
@@ -368,19 +356,27 @@ class Rollout:
         if not self.use_cache:  # copies: the pending buffers are overwritten in place
             self.history.append((z.clone(), a.clone(), action_mask.clone(), pos))
             return
-        B = self.batch_size
+        slot = torch.full((1,), pos % self.window, device=self.device, dtype=torch.long)
+        self._commit_pass(self._cache_mask(), self._rope(pos), slot)
+
+    def _commit_pass(
+        self, mask: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor], slot: torch.Tensor
+    ) -> None:
+        """One kv-only pass over every world's pending frame (attending the ring under `mask` and itself,
+        at RoPE tables `rope`) that writes its keys and values into ring slot `slot` (1,). Tensor ops
+        only: `advance` (graph-capturable) and `_commit_pending` (eager) both commit through it."""
         _, kv = self.model.dynamics(
-            z,
-            self._context_t(B),
-            a,
+            self.pending_z,
+            self._context_t(self.batch_size),
+            self.pending_action[:, None],
             None,
-            self._cache_mask(),
-            action_mask=action_mask,
+            mask,
+            action_mask=self.pending_action_mask[:, None],
             past_kv=self._past_one,
-            rope=self._rope(pos),
+            rope=rope,
             kv_only=True,
         )
-        self._write_slot(kv, torch.full((1,), pos % self.window, device=self.device, dtype=torch.long))
+        self._write_slot(kv, slot)
 
     def _write_slot(self, kv: list[tuple[torch.Tensor, torch.Tensor]], slot: torch.Tensor) -> None:
         """Write the keys and values of the first frame of a pass (each block's (k, v): (B, H, F*N, Dh))
@@ -445,17 +441,16 @@ class Rollout:
         )
 
     def commit_start(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """A partial reset's work as tensor ops on fixed buffers (graph-capturable, like `advance`):
-        encode start frames x (b, 3, H, W) in [-1, 1] (`reset`'s model input) of worlds `idx` (b,) (a
-        device tensor; a world may repeat, with the same frame), empty their ring slots and make the
-        frames their pending frames with their commit noise drawn from the worlds' own streams, as
-        `reset` does (no transformer pass: the next step's merged pass commits them). Returns their
-        latents (b, C, h, w)."""
+        """A reset's work as tensor ops on fixed buffers (graph-capturable, like `advance`: a partial
+        reset's graph when the worlds draw their own noise; `reset` runs it eagerly otherwise): encode
+        start frames x (b, 3, H, W) in [-1, 1] (`reset`'s model input) of worlds `idx` (b,) (a device
+        tensor; a world may repeat, with the same frame), empty their ring slots and make the frames their
+        pending frames with their commit noise (no transformer pass: the next step commits them). Returns
+        their latents (b, C, h, w)."""
         latents = self.model.tokenizer.encode(x)
         self.slot_valid.index_fill_(0, idx, False)
-        eps = None
-        if self.context_noise > 0:
-            eps = self.world_noise.draw(self.latent_shape, idx, self.dtype, graphed=False)
+        # the commit noise, drawn now (as the commit pass drew it when a reset ran one)
+        eps = self._noise(self.latent_shape, idx) if self.context_noise > 0 else None
         no_action = torch.zeros(len(idx), self.cfg.action_dim, device=self.device, dtype=self.dtype)
         self._set_pending(latents, no_action, 0.0, eps, idx)
         return latents
