@@ -67,10 +67,7 @@ def load_converted(
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: entry {entry!r} is not a state dict of tensors")
     model = WorldModel(cfg)
-    model.stage = obj["stage"] if isinstance(obj.get("stage"), str) else None
-    model.dynamics_stage = (
-        obj["dynamics_stage"] if isinstance(obj.get("dynamics_stage"), str) else model.stage
-    )
+    model.set_lineage(obj)
     missing, unexpected = model.load_state_dict(state, strict=False)  # copies cast bf16 -> model dtype
     if missing or unexpected:
         raise CheckpointError(

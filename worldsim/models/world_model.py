@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,13 @@ class WorldModel(nn.Module):
         # dynamics_stage "distill": a student taught to sample in exactly `cfg.denoise_steps` steps (`Rollout`).
         self.stage: str | None = None
         self.dynamics_stage: str | None = None
+
+    def set_lineage(self, recorded: Mapping[str, object]) -> None:
+        """`stage` and `dynamics_stage` from what a checkpoint records of itself (its metadata or its
+        dict); a missing or non-string entry reads as unrecorded, and dynamics_stage defaults to stage."""
+        stage, dynamics_stage = recorded.get("stage"), recorded.get("dynamics_stage")
+        self.stage = stage if isinstance(stage, str) else None
+        self.dynamics_stage = dynamics_stage if isinstance(dynamics_stage, str) else self.stage
 
     def rollout(self, batch_size: int = 1, **kwargs):  # noqa: ANN201 - avoid an import cycle in the hint
         """A new `Rollout` session over this model (see worldsim/models/rollout.py)."""
@@ -91,8 +99,7 @@ class WorldModel(nn.Module):
         meta = read_metadata(file)
         cfg = read_config(file, meta)
         model = cls(cfg)
-        model.stage = meta.get("stage")
-        model.dynamics_stage = meta.get("dynamics_stage", model.stage)
+        model.set_lineage(meta)
         try:
             state = load_file(str(file))
         except (SafetensorError, OSError) as e:
