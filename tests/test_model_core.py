@@ -90,7 +90,9 @@ def test_changing_step_k_never_changes_earlier_predictions(what: str) -> None:
     assert not torch.allclose(before[:, frame_of == k], after[:, frame_of == k])
 
 
-def test_kv_cached_rollout_matches_uncached_full_sequence() -> None:
+@pytest.mark.parametrize("merge_commit", [True, False])
+def test_kv_cached_rollout_matches_uncached_full_sequence(merge_commit: bool) -> None:
+    """Both commit schemes, past a full ring of slots (the ring wraps)."""
     model = random_model()
     cfg = model.cfg
     rng = np.random.default_rng(0)
@@ -98,7 +100,7 @@ def test_kv_cached_rollout_matches_uncached_full_sequence() -> None:
     actions = rng.normal(0, 0.02, (cfg.num_context_frames + 4, 2, 7))  # past the window: the ring wraps
     latents = {}
     for use_cache in (True, False):
-        rollout = model.rollout(batch_size=2, use_cache=use_cache, seed=3)
+        rollout = model.rollout(batch_size=2, use_cache=use_cache, seed=3, merge_commit=merge_commit)
         rollout.reset(frames)
         latents[use_cache] = []
         for a in actions:
