@@ -19,6 +19,7 @@ number of worlds reset at once captures a CUDA graph or compiles the success mod
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -61,6 +62,9 @@ class Args:
     # partial resets of the vector env on CUDA: graphed (where they apply: N <= --graph-max-worlds) and/or
     # eager, timed back to back at each N for an A/B of the graphed resets
     resets: tuple[Literal["graphed", "eager"], ...] = ("graphed",)
+    # the vector env's `copy`: True returns observations of their own, False the env's frame buffer (no
+    # host copy of every frame); several values are timed back to back at each N
+    obs_copy: tuple[bool, ...] = (True,)
     # vector envs up to this N step as one CUDA graph (None: the env's CUDA_GRAPH_MAX_WORLDS, 1024)
     graph_max_worlds: int | None = None
     out: Path = Path("benchmarks/results/env_speed.json")  # the results as JSON
@@ -177,11 +181,11 @@ def main(args: Args) -> dict:
                 print(f"vector N={n}: skipped on the CPU (above --max-cpu-envs {args.max_cpu_envs})")
                 continue
             actions = rng.uniform(ACTION_LOW, ACTION_HIGH, (n_actions, n, 7)).astype(np.float32)
-            for resets in args.resets:
-                env = BridgeWorldVectorEnv(num_envs=n, device=device, **settings)
+            for resets, copy in itertools.product(args.resets, args.obs_copy):
+                env = BridgeWorldVectorEnv(num_envs=n, device=device, copy=copy, **settings)
                 cfg, denoise_steps = env.worlds.model.cfg, env.worlds.rollout.denoise_steps
                 env.worlds.rollout.graph_resets = resets == "graphed"
-                row = {"env": "vector", "device": device.type, "num_envs": n, "resets": resets}
+                row = {"env": "vector", "device": device.type, "num_envs": n, "resets": resets, "copy": copy}
                 rows.append({**row, **time_steps(env, actions, args)})
                 print_row(rows[-1])
                 if args.profile_steps:
@@ -210,7 +214,8 @@ def main(args: Args) -> dict:
 def print_row(row: dict) -> None:
     print(
         f"{row['env']:8} {row['device']:6} {row['num_envs']:>5} {row['ms_per_step']:>10.1f} "
-        f"{row['frames_per_s']:>10.1f} {row['steps']:>6} {row['episode_ends']:>6} {row.get('resets', '')}",
+        f"{row['frames_per_s']:>10.1f} {row['steps']:>6} {row['episode_ends']:>6} {row.get('resets', '')}"
+        f"{'' if row.get('copy', True) else ' no-copy'}",
         flush=True,
     )
 

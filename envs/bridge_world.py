@@ -134,7 +134,9 @@ class BridgeWorldEnv(gym.Env):
       samples a frame in one distilled Euler step (its config's `denoise_steps` is 1), so a seed again
       gives other frames than before; later that day lease 14: lease 13 with a 4x lighter decoder (the
       same latents, decoded by other weights into other pixels); and a single world's commit pass merged
-      into the next step's first denoising pass (frames within float rounding of before).
+      into the next step's first denoising pass (frames within float rounding of before). 2026-11-27
+      (session 15): the bundled success model retrained for lease 14's decoder (other `is_success`
+      verdicts on some frames); the vector env's `copy` argument.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 5}
@@ -219,6 +221,12 @@ class BridgeWorldVectorEnv(VectorEnv):
     every world and `options["reset_mask"]` resets a subset. Autoresets reuse the last reset's options.
     `render()` returns all frames, (num_envs, H, W, 3). `info` holds `ee_state`, `frame_index` and
     `instruction` arrays, and `is_success` where the success model judges (its mask `_is_success`).
+
+    `copy` (as gymnasium's `SyncVectorEnv` and `AsyncVectorEnv` have it): True (default), `reset` and
+    `step` return observations of their own; False, `obs["image"]` is the env's frame buffer itself,
+    which the next `step` or `reset` overwrites: for callers that use the frames before stepping again
+    (a policy's forward pass), it saves copying every frame on the host each step (63 MB at N = 1024; see
+    `benchmarks/env_speed.py --obs-copy True False`).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 5, "autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -238,12 +246,14 @@ class BridgeWorldVectorEnv(VectorEnv):
         clip_warn: bool = True,
         compile: bool = False,
         success_model: str | Path | None = "auto",
+        copy: bool = True,
     ) -> None:
         _check_render_mode(render_mode)
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.num_envs, self.render_mode = num_envs, render_mode
         self.max_episode_steps = max_episode_steps
+        self.copy = copy
         self.worlds = _Worlds(
             num_envs,
             checkpoint,
@@ -323,7 +333,11 @@ class BridgeWorldVectorEnv(VectorEnv):
         self.worlds.reset(idx, starts, seeds)
 
     def _obs(self) -> Obs:
-        return {"image": self.worlds.images.copy(), "ee_state": self.worlds.ee_states().astype(np.float32)}
+        images = self.worlds.images
+        return {
+            "image": images.copy() if self.copy else images,
+            "ee_state": self.worlds.ee_states().astype(np.float32),
+        }
 
     def _info(self, flags: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
         every = np.ones(self.num_envs, dtype=bool)  # gymnasium's vector-info masks: every world reports

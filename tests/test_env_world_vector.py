@@ -118,6 +118,26 @@ def test_autoreset_next_step_and_partial_resets_match_single_envs(world_bundle):
     check(obs, 1, singles[1].reset()[0])
 
 
+def test_copy_false_returns_the_env_frame_buffer_with_the_same_frames(world_bundle):
+    """copy=False (gymnasium's SyncVectorEnv argument): the same observations as copy=True, but the image
+    is the env's own buffer, which the next step overwrites; copy=True observations stay as returned."""
+    rng = np.random.default_rng(4)
+    actions = rng.uniform(ACTION_LOW, ACTION_HIGH, (4, 2, 7)).astype(np.float32)
+    copied, shared = make_vec(world_bundle, 2), make_vec(world_bundle, 2, copy=False)
+    obs_c, _ = copied.reset(seed=7)
+    obs_s, _ = shared.reset(seed=7)
+    np.testing.assert_array_equal(obs_c["image"], obs_s["image"])
+    for a in actions:
+        before_c, kept_c = obs_c["image"], obs_c["image"].copy()
+        obs_c, *_ = copied.step(a)
+        obs_s, *_ = shared.step(a)
+        np.testing.assert_array_equal(obs_c["image"], obs_s["image"])
+        np.testing.assert_array_equal(obs_c["ee_state"], obs_s["ee_state"])
+        np.testing.assert_array_equal(before_c, kept_c)  # a returned copy is never written again
+        assert not np.shares_memory(obs_c["image"], copied.worlds.images)
+        assert np.shares_memory(obs_s["image"], shared.worlds.images)
+
+
 def test_vector_env_bad_input_gets_clear_errors(world_bundle):
     envs = make_vec(world_bundle, 2)
     with pytest.raises(ValueError, match="list of 2 seeds"):
