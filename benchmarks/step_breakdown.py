@@ -95,7 +95,10 @@ def breakdown(
         lambda: dyn(x, t, a, None, mask, action_mask=ones, past_kv=past, rope=rope), repeats
     )
     row["merged_ms"] = graph_ms(
-        lambda: dyn(x2, t2, a2, None, mask2, action_mask=ones2, past_kv=r._past_two, rope=rope2), repeats
+        lambda: dyn(
+            x2, t2, a2, None, mask2, action_mask=ones2, past_kv=r._past_two, rope=rope2, velocity_from=1
+        ),
+        repeats,
     )
     row["decode_ms"] = graph_ms(lambda: Rollout._to_uint8(model.tokenizer.decode(lat)), repeats)
     saved = [b.clone() for b in r.cache_k + r.cache_v]

@@ -111,6 +111,26 @@ def test_kv_cached_rollout_matches_uncached_full_sequence(merge_commit: bool) ->
         assert err < 1e-4, f"step {step}: cached and uncached latents differ by {err}"
 
 
+def test_velocity_from_skips_only_what_nobody_reads() -> None:
+    """velocity_from=1 (a merged pass's last block and final layer skip the first frame): the same
+    velocity for the later frames and the same keys and values of every frame, under a mask."""
+    model = random_model()
+    dyn, cfg = model.dynamics, model.cfg
+    torch.manual_seed(0)
+    B, Fr, n = 2, 2, cfg.tokens_per_frame
+    z = torch.randn(B, Fr, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
+    t, a = torch.rand(B, Fr), torch.randn(B, Fr, cfg.action_dim)
+    mask = torch.ones(B, 1, Fr * n, Fr * n, dtype=torch.bool)
+    mask[:, :, :n, n:] = False  # the first frame does not see the second
+    full, kv_full = dyn(z, t, a, torch.arange(Fr), mask)
+    tail, kv_tail = dyn(z, t, a, torch.arange(Fr), mask, velocity_from=1)
+    assert tail.shape == (B, Fr - 1, *full.shape[2:])
+    torch.testing.assert_close(tail, full[:, 1:], rtol=1e-5, atol=1e-6)
+    for (k1, v1), (k2, v2) in zip(kv_full, kv_tail):
+        torch.testing.assert_close(k1, k2, rtol=0, atol=0)
+        torch.testing.assert_close(v1, v2, rtol=0, atol=0)
+
+
 class _SeparateCommitRollout(Rollout):
     """The step as it was before the merged pass: commit the pending frame with a pass of its own
     (keys and values only), then S single-frame denoising passes."""

@@ -107,6 +107,7 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None,
         past_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        queries_from: int = 0,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """x (B, L, D); mask bool broadcastable to (B, H, L, Lk), True = may attend, or a flex-attention
         `BlockMask` (which skips the blocks nobody attends). Returns out, this (k, v).
@@ -114,9 +115,17 @@ class Attention(nn.Module):
         past_kv: KV-cache buffers (B, H, Lk, Dh) whose last L positions are scratch space for these
         tokens: their keys and values are written there and attention runs over the whole buffer
         (no concatenation on the hot path). Without it, attention is over these tokens alone.
+        queries_from: attend only for the tokens from this one on (out is (B, L - queries_from, D)); the
+        keys and values are still those of all L tokens (a merged pass's last block, see
+        `DynamicsTransformer.forward`'s velocity_from). A dense mask only.
         """
         B, L, D = x.shape
         q, k, v = self.project(x, rope)
+        if queries_from:
+            if isinstance(mask, BlockMask):
+                raise ValueError("queries_from takes a dense mask or none, not a flex-attention BlockMask")
+            q = q[:, :, queries_from:]
+            mask = None if mask is None else mask[..., queries_from:, :]
         k_all, v_all = k, v
         if past_kv is not None:
             k_all, v_all = past_kv
@@ -128,7 +137,7 @@ class Attention(nn.Module):
             )
         else:
             out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # (B, H, L, Dh)
-        return self.proj(out.transpose(1, 2).reshape(B, L, D)), (k, v)
+        return self.proj(out.transpose(1, 2).reshape(B, L - queries_from, D)), (k, v)
 
 
 class DiTBlock(nn.Module):
@@ -152,14 +161,19 @@ class DiTBlock(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None,
         past_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        frames_from: int = 0,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """x (B, F, N, D); cond (B, F, D) per frame. Returns x and this block's (k, v) of the F*N tokens."""
+        """x (B, F, N, D); cond (B, F, D) per frame. Returns x and this block's (k, v) of the F*N tokens.
+        frames_from: x is returned for the frames from this one on only (their attention, MLP); the
+        keys and values are still every frame's."""
         B, Fr, N, D = x.shape
         mods = self.modulation(F.silu(cond))[:, :, None]  # (B, F, 1, 6D)
         shift1, scale1, gate1, shift2, scale2, gate2 = mods.chunk(6, dim=-1)
         h = self.norm1(x) * (1 + scale1) + shift1
-        attn_out, kv = self.attn(h.reshape(B, Fr * N, D), rope, mask, past_kv)
-        x = x + gate1 * attn_out.view(B, Fr, N, D)
+        attn_out, kv = self.attn(h.reshape(B, Fr * N, D), rope, mask, past_kv, frames_from * N)
+        if frames_from:
+            x, gate1, scale2, shift2, gate2 = (y[:, frames_from:] for y in (x, gate1, scale2, shift2, gate2))
+        x = x + gate1 * attn_out.view(B, Fr - frames_from, N, D)
         x = x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
         return x, kv
 
@@ -248,6 +262,7 @@ class DynamicsTransformer(nn.Module):
         past_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         kv_only: bool = False,
+        velocity_from: int = 0,
     ) -> tuple[torch.Tensor | None, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Velocity for every frame, and each block's (k, v) of these frames' tokens.
 
@@ -259,6 +274,9 @@ class DynamicsTransformer(nn.Module):
         rope: precomputed `rope_tables(frame_pos, ...)`, which a rollout reuses across denoising steps.
         kv_only: return (None, kv) and skip what only the velocity needs (the last block past its
         keys and values, the final layer): a rollout's commit pass.
+        velocity_from: return the velocity of the frames from this one on only, (B, F - velocity_from,
+        C, h, w): the last block's attention, MLP and the final layer skip the earlier frames, whose
+        keys and values are all a rollout's merged pass needs of them (a dense mask or none).
         """
         B, Fr = z.shape[:2]
         x = self.patch_embed(self.patchify(z))  # (B, F, N, D)
@@ -271,9 +289,10 @@ class DynamicsTransformer(nn.Module):
             if kv_only and i == last:
                 new_kv.append(block.keys_values(x, cond, rope))
                 return None, new_kv
-            x, kv = block(x, cond, rope, mask, None if past_kv is None else past_kv[i])
+            frames_from = velocity_from if i == last else 0
+            x, kv = block(x, cond, rope, mask, None if past_kv is None else past_kv[i], frames_from)
             new_kv.append(kv)
-        return self.unpatchify(self.final(x, cond)), new_kv
+        return self.unpatchify(self.final(x, cond[:, velocity_from:])), new_kv
 
 
 # ------------------------------------------------------------------------------------------- layouts

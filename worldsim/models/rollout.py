@@ -263,9 +263,13 @@ class Rollout:
             action_mask = torch.cat([self.pending_action_mask[:, None], ones], dim=1)
             valid = None if all_valid else self.slot_valid
             mask = _pair_mask(valid, slot, self.window, N)
-            v, kv = dyn(z, t, a, None, mask, action_mask=action_mask, past_kv=self._past_two, rope=rope_two)
+            # the velocity of the new frame only: the pending frame's last-block output is never read
+            v, kv = dyn(
+                z, t, a, None, mask, action_mask=action_mask, past_kv=self._past_two, rope=rope_two,
+                velocity_from=1,
+            )  # fmt: skip
             self._write_slot(kv, slot)
-            x, times = noise + (times[1] - times[0]) * v[:, 1:], times[1:]  # the first Euler step is done
+            x, times = noise + (times[1] - times[0]) * v, times[1:]  # the first Euler step is done
         else:  # the commit as a pass of its own: the pending frame attends the whole ring and itself
             mask = None if all_valid else _slot_mask(self.slot_valid, N)
             self._commit_pass(mask, (rope_two[0][:N], rope_two[1][:N]), slot)
