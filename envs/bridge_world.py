@@ -136,7 +136,8 @@ class BridgeWorldEnv(gym.Env):
       same latents, decoded by other weights into other pixels); and a single world's commit pass merged
       into the next step's first denoising pass (frames within float rounding of before). 2026-11-27
       (session 15): the bundled success model retrained for lease 14's decoder (other `is_success`
-      verdicts on some frames); the vector env's `copy` argument.
+      verdicts on some frames); the vector env's `copy` argument; the merged pass skips the pending
+      frame's last-block work that nobody reads (frames within float rounding of before).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 5}
