@@ -274,6 +274,7 @@ class Rollout:
             mask = None if all_valid else _slot_mask(self.slot_valid, N)
             self._commit_pass(mask, (rope_two[0][:N], rope_two[1][:N]), slot)
             x = noise
+        # the denoising passes' mask, after the commit marked the pending frame's slot valid
         mask = None if all_valid else _slot_mask(self.slot_valid, N)
         a = actions[:, None]  # (B, 1, A)
         for t_now, t_next in zip(times[:-1], times[1:]):

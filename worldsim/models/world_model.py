@@ -48,11 +48,8 @@ class WorldModel(nn.Module):
         self.dynamics_stage: str | None = None
 
     def set_lineage(self, recorded: Mapping[str, object]) -> None:
-        """`stage` and `dynamics_stage` from what a checkpoint records of itself (its metadata or its
-        dict); a missing or non-string entry reads as unrecorded, and dynamics_stage defaults to stage."""
-        stage, dynamics_stage = recorded.get("stage"), recorded.get("dynamics_stage")
-        self.stage = stage if isinstance(stage, str) else None
-        self.dynamics_stage = dynamics_stage if isinstance(dynamics_stage, str) else self.stage
+        """`stage` and `dynamics_stage` from what a checkpoint records of itself (`recorded_lineage`)."""
+        self.stage, self.dynamics_stage = recorded_lineage(recorded)
 
     def rollout(self, batch_size: int = 1, **kwargs):  # noqa: ANN201 - avoid an import cycle in the hint
         """A new `Rollout` session over this model (see worldsim/models/rollout.py)."""
@@ -174,6 +171,16 @@ def inference_dtype(device: str | torch.device) -> torch.dtype:
         if torch.ops.mkldnn._is_mkldnn_bf16_supported():
             return torch.bfloat16
     return torch.float32
+
+
+def recorded_lineage(recorded: Mapping[str, object]) -> tuple[str | None, str | None]:
+    """(stage, dynamics_stage) from what a checkpoint records of itself (its metadata, meta.json or its
+    dict): the training stage that made the weights and the one that trained the dynamics (a decoder
+    stage keeps its source's). A missing or non-string entry reads as unrecorded (None), and
+    dynamics_stage defaults to stage."""
+    stage, dynamics_stage = recorded.get("stage"), recorded.get("dynamics_stage")
+    stage = stage if isinstance(stage, str) else None
+    return stage, dynamics_stage if isinstance(dynamics_stage, str) else stage
 
 
 def load_shared(

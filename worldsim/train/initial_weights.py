@@ -33,7 +33,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from worldsim.models.config import WorldModelConfig
-from worldsim.models.world_model import WorldModel
+from worldsim.models.world_model import WorldModel, recorded_lineage
 from worldsim.train.checkpoint import LATEST
 
 ACTION_PREFIX = "dynamics.action_embed."
@@ -147,8 +147,8 @@ def _source(path: Path, kind: str, part: str) -> tuple[dict[str, tuple[int, ...]
             config = json.loads(meta["config"]) if "config" in meta else None
         else:  # a .pt state records neither
             shapes, meta, config = {k: tuple(v.shape) for k, v in _pt_state(path, part).items()}, {}, None
-        stage = meta.get("stage")
-        return shapes, {"stage": stage, "dynamics_stage": meta.get("dynamics_stage", stage), "config": config}
+        stage, dynamics_stage = recorded_lineage(meta)
+        return shapes, {"stage": stage, "dynamics_stage": dynamics_stage, "config": config}
     except LoadPathError:
         raise
     except Exception as e:  # noqa: BLE001 - unreadable metadata of any kind
