@@ -6,9 +6,12 @@
 2. With `--step-batch N`: a whole dynamics training step (forward + backward of the flow loss, compiled
    blocks, bf16 autocast, random latents; the encoder, data loading and optimiser left out) with
    flex-attention's default tiles and with the training tiles (`trainer.flex_forward_tile`), default /
-   training / default in one process.
+   training / default in one process; with `--step-variants`, any kernel options instead, in turn, twice
+   (`--step-mode max-autotune-no-cudagraphs` lets inductor pick the tiles of every kernel itself).
 
     python benchmarks/flex_block_size.py --preset base --batch 8 --variants 128 128/64f 128/32f 128/64 --step-batch 8
+    python benchmarks/flex_block_size.py --preset base --heads 6 --variants 128/64f \
+        "128/BLOCK_M=64,BLOCK_N=64,USE_TMA=1" --step-batch 8 --step-variants "" 64f
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import flex_attention
 
 from worldsim.models import dynamics
 from worldsim.models.config import get_preset
@@ -56,6 +60,10 @@ def kernel_options(tile: str) -> dict | None:
     BLOCK_N2 = M for its query pass (e.g. "64f+b32x64")."""
     if not tile:
         return None
+    if (
+        "=" in tile
+    ):  # any of flex-attention's kernel options, e.g. "BLOCK_M=64,BLOCK_N=64,bwd_num_warps=8,USE_TMA=1"
+        return {k: _option_value(v) for k, _, v in (item.partition("=") for item in tile.split(","))}
     forward, _, backward = tile.partition("+b")
     keys = (
         ("BLOCK_M", "BLOCK_N")
@@ -69,6 +77,18 @@ def kernel_options(tile: str) -> dict | None:
     return options
 
 
+def _option_value(text: str) -> int | bool:
+    """A kernel option's value: true / false (any case) as bools, anything else as an int."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return int(text)
+
+
+@functools.cache
+def _autotuned_flex_attention():  # noqa: ANN202
+    return torch.compile(flex_attention, dynamic=False, mode="max-autotune-no-cudagraphs")
+
+
 def make_attend(cfg, allowed: torch.Tensor, block: int | None, tile: str, flex):  # noqa: ANN001, ANN201
     """(attend(q, k, v), % of tiles skipped): flex-attention with `block`-sized mask blocks and `tile`-sized
     kernel tiles (None: the defaults), or (block None) SDPA with the dense token mask."""
@@ -77,19 +97,28 @@ def make_attend(cfg, allowed: torch.Tensor, block: int | None, tile: str, flex):
         dense = frame_mask_to_tokens(allowed, n)
         return functools.partial(F.scaled_dot_product_attention, attn_mask=dense), None
     mask = training_block_mask(cfg.num_frames, cfg.num_context_frames, n, allowed.device, block_size=block)
+    if tile == "autotune":  # inductor times its own tile choices for the forward and the backward
+        flex, tile = _autotuned_flex_attention(), ""
     return functools.partial(flex, block_mask=mask, kernel_options=kernel_options(tile)), float(
         mask.sparsity()
     )
 
 
-def train_step_rows(cfg, batch: int, repeats: int) -> list[dict]:  # noqa: ANN001
+def train_step_rows(
+    cfg,
+    batch: int,
+    repeats: int,
+    variants: list[str] | None = None,
+    mode: str | None = None,  # noqa: ANN001
+) -> list[dict]:
     """A dynamics training step with flex-attention's default tiles, the training tiles, then the defaults
-    again (the repeat shows the drift of the machine)."""
+    again (the repeat shows the drift of the machine); or with each of `variants` (kernel_options specs,
+    "" = flex-attention's defaults) in turn, twice. `mode`: the blocks' torch.compile mode."""
     device = torch.device("cuda")
     torch.manual_seed(0)
     model = WorldModel(cfg).to(device)
     for block in model.dynamics.blocks:
-        block.compile()
+        block.compile(mode=mode)
     flow = RectifiedFlow(cfg, attention="flex")
     z = torch.randn(
         batch, cfg.num_frames, cfg.latent_channels, cfg.latent_height, cfg.latent_width, device=device
@@ -102,11 +131,20 @@ def train_step_rows(cfg, batch: int, repeats: int) -> list[dict]:  # noqa: ANN00
         loss.backward()
 
     rows, tuned = [], TrainerConfig().flex_forward_tile
+    if tuned == -1:  # by head size, as the trainer resolves it
+        tuned = dynamics.flex_forward_tile_for(cfg.dim // cfg.heads)
+    if variants is None:
+        runs = [
+            ("default tiles", None),
+            ("training tiles", {"BLOCK_M": tuned, "BLOCK_N": tuned} if tuned else None),
+            ("default tiles", None),
+        ]
+    else:
+        runs = [(spec or "default tiles", kernel_options(spec)) for spec in variants] * 2
     try:
-        for name, tile in (("default tiles", 0), ("training tiles", tuned), ("default tiles", 0)):
-            dynamics.set_flex_forward_tile(tile)
+        for name, options in runs:
+            dynamics.FLEX_KERNEL_OPTIONS = options  # read when the blocks are traced (a new value retraces)
             ms = timed(step, repeats, warmup=5)
-            options = dynamics.FLEX_KERNEL_OPTIONS
             rows.append(
                 {
                     "variant": name,
@@ -120,7 +158,7 @@ def train_step_rows(cfg, batch: int, repeats: int) -> list[dict]:  # noqa: ANN00
                 flush=True,
             )
     finally:
-        dynamics.set_flex_forward_tile(tuned)
+        dynamics.set_flex_forward_tile(TrainerConfig().flex_forward_tile, cfg.dim // cfg.heads)
     return rows
 
 
@@ -133,16 +171,28 @@ def main() -> None:
         nargs="+",
         default=["128", "128/64f", "128/32f", "128/64"],
         help="MASK_BLOCK[/KERNEL_TILE] per flex variant: no tile = flex-attention's defaults, 64 = forward and "
-        "backward tiles 64, 64f = the forward's alone, 64f+b32x64 = also the backward's (see kernel_options)",
+        "backward tiles 64, 64f = the forward's alone, 64f+b32x64 = also the backward's, K=V,K=V = any kernel "
+        "options, autotune = inductor's max-autotune choice (see kernel_options)",
     )
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--no-sdpa", action="store_true", help="skip the dense-mask SDPA reference")
     p.add_argument(
         "--step-batch", type=int, default=0, help="also time a dynamics training step at this batch"
     )
+    p.add_argument(
+        "--step-variants",
+        nargs="+",
+        default=None,
+        help="kernel options of the training step's flex-attention, each timed twice in turn (the TILE part "
+        'of --variants; "" = flex-attention\'s defaults); default: defaults / training tiles / defaults',
+    )
+    p.add_argument("--step-mode", default=None, help="the blocks' torch.compile mode in the training step")
+    p.add_argument("--heads", type=int, default=0, help="attention heads instead of the preset's (head size)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/flex_block_size.json"))
     args = p.parse_args()
-    cfg = get_preset(args.preset)
+    cfg = get_preset(args.preset, **({"heads": args.heads} if args.heads else {}))
+    # Every kernel-option variant retraces the compiled blocks and flex-attention: stay compiled.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     device = torch.device("cuda")
     n, frames = cfg.tokens_per_frame, training_sequence_frames(cfg.num_frames)
     length, head_dim = frames * n, cfg.dim // cfg.heads
@@ -200,7 +250,10 @@ def main() -> None:
               "length": length, "tokens_per_frame": n, "device": torch.cuda.get_device_name(),
               "torch": torch.__version__, "rows": rows}  # fmt: skip
     if args.step_batch:
-        result["train_step"] = train_step_rows(cfg, args.step_batch, args.repeats)
+        result["train_step"] = train_step_rows(
+            cfg, args.step_batch, args.repeats, args.step_variants, args.step_mode
+        )
+        result["step_mode"] = args.step_mode
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"{torch.cuda.get_device_name()}; wrote {args.out}")

@@ -393,6 +393,10 @@ def test_flex_forward_tile_sets_the_training_kernel_options():
         assert dynamics.FLEX_KERNEL_OPTIONS is None  # flex-attention's own defaults
         dynamics.set_flex_forward_tile(32)
         assert dynamics.FLEX_KERNEL_OPTIONS == {"BLOCK_M": 32, "BLOCK_N": 32}
+        dynamics.set_flex_forward_tile(-1, head_dim=64)  # by head size: 64 x 64 for heads of 64
+        assert dynamics.FLEX_KERNEL_OPTIONS == {"BLOCK_M": 64, "BLOCK_N": 64}
+        dynamics.set_flex_forward_tile(-1, head_dim=128)  # flex-attention's own for heads of 128
+        assert dynamics.FLEX_KERNEL_OPTIONS is None
         with pytest.raises(ValueError, match="48"):
             dynamics.set_flex_forward_tile(48)
     finally:

@@ -344,21 +344,32 @@ def _training_block_mask(num_frames: int, window: int, n: int, device: str, bloc
     return create_block_mask(mask_mod, None, None, length, length, device=device, BLOCK_SIZE=block_size)
 
 
-# Flex-attention's forward tiles in training: 64 x 64 instead of its defaults. `base`'s training attention
-# (batch 8, 12 heads x 64, 8,000 tokens, 28% of the 128 x 128 mask blocks computed) on an H100: forward
-# 6.54 -> 2.07 ms, forward + backward 11.99 -> 7.64 ms, outputs within bf16 rounding
-# (`benchmarks/flex_block_size.py`); the backward keeps its defaults (64 there too made it slower).
+# Flex-attention's forward tiles in training, for heads of 64 (`flex_forward_tile_for`): 64 x 64 instead of
+# its defaults. The training attention of `base` as it was (batch 8, 12 heads x 64, 8,000 tokens, 28% of
+# the 128 x 128 mask blocks computed) on an H100: forward 6.54 -> 2.07 ms, forward + backward 11.99 ->
+# 7.64 ms, outputs within bf16 rounding (`benchmarks/flex_block_size.py`); the backward keeps its defaults.
 FLEX_KERNEL_OPTIONS: dict[str, int] | None = {"BLOCK_M": 64, "BLOCK_N": 64}
-FLEX_FORWARD_TILES = (0, 16, 32, 64, 128)  # what `set_flex_forward_tile` takes; 0 = flex-attention's defaults
+# What `set_flex_forward_tile` takes: -1 = by head size (`flex_forward_tile_for`), 0 = flex-attention's defaults
+FLEX_FORWARD_TILES = (-1, 0, 16, 32, 64, 128)
 
 
-def set_flex_forward_tile(tile: int) -> None:
-    """Set the training flex-attention's forward tiles (BLOCK_M = BLOCK_N = tile) for this process, or
-    flex-attention's own defaults with 0 (`trainer.flex_forward_tile`: 64 suits an H100; other GPUs or
-    head sizes may prefer others)."""
+def flex_forward_tile_for(head_dim: int) -> int:
+    """The training forward tiles measured fastest for a head size (README, "Training"): 64 x 64 for heads
+    of 64 (`base` with 12 heads x 64: the attention 1.57x faster than with flex-attention's own tiles on an
+    H100, the whole trainer 1.20x on an H200), flex-attention's own above (6 heads x 128: its own tiles
+    made a whole training step 1.08x faster than 64 x 64 on an H200)."""
+    return 64 if head_dim <= 64 else 0
+
+
+def set_flex_forward_tile(tile: int, head_dim: int = 64) -> None:
+    """Set the training flex-attention's forward tiles (BLOCK_M = BLOCK_N = tile) for this process,
+    flex-attention's own defaults with 0, or the measured choice for `head_dim` with -1
+    (`trainer.flex_forward_tile`; other GPUs may prefer others)."""
     global FLEX_KERNEL_OPTIONS
     if tile not in FLEX_FORWARD_TILES:
         raise ValueError(f"flex forward tile must be one of {FLEX_FORWARD_TILES}, got {tile!r}")
+    if tile == -1:
+        tile = flex_forward_tile_for(head_dim)
     FLEX_KERNEL_OPTIONS = {"BLOCK_M": tile, "BLOCK_N": tile} if tile else None
 
 

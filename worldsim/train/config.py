@@ -76,9 +76,9 @@ class TrainerConfig:
     # How the dynamics stages apply the block-causal training mask: flex (flex-attention, skips the
     # tiles nobody attends; CUDA only, it has no CPU backward), sdpa (dense bool mask), auto (flex on CUDA)
     attention: str = "auto"
-    # flex-attention's forward tiles in training (BLOCK_M = BLOCK_N); 0 = its defaults. 64: 1.57x faster
-    # training attention for `base` on an H100 (README, "Training")
-    flex_forward_tile: int = 64
+    # flex-attention's forward tiles in training (BLOCK_M = BLOCK_N); 0 = its defaults; -1 = by head size
+    # (64 for heads of 64, its defaults for heads of 128: `flex_forward_tile_for`, README "Training")
+    flex_forward_tile: int = -1
     # Dynamics stages: how much more the flow loss weighs the latent positions that change from the previous
     # frame (the arm, a pushed or carried block) than the still background (`motion_weights` in
     # worldsim/models/flow.py); 0 = plain MSE
