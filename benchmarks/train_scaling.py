@@ -76,6 +76,13 @@ def main() -> None:
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--num-workers", type=int, default=4, help="DataLoader workers per rank")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="keep the runs' job folders under this output root (a temporary one otherwise); with "
+        "trainer.profile_start=N each run's profile table and device-idle report are printed too",
+    )
     p.add_argument("overrides", nargs="*", help="extra dotted overrides, e.g. trainer.batch_size=8")
     args = p.parse_args()
     if args.iters <= args.warmup:
@@ -86,9 +93,13 @@ def main() -> None:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     rows = []
     with tempfile.TemporaryDirectory(prefix="worldsim-scaling-") as tmp:
+        # a fresh folder per invocation under --keep: a job folder that exists would be resumed
+        root = args.keep / time.strftime("scaling-%Y%m%d-%H%M%S") if args.keep else Path(tmp)
         for n in [int(g) for g in args.gpus.split(",")]:
-            rows.append(run_one(args, n, Path(tmp)))
+            rows.append(run_one(args, n, root))
             print(json.dumps(rows[-1]), flush=True)
+            for ops in sorted(root.rglob(f"scaling_{args.experiment}_{n}gpu/profile/rank0_ops.txt")):
+                print(f"{ops}:\n{ops.read_text()}", flush=True)
     base = rows[0]
     print(
         f"\n{args.experiment} on {device}, {args.iters} steps ({args.warmup} warm-up), {' '.join(args.overrides)}"

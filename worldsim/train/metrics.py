@@ -12,7 +12,9 @@ backends fairly.
 
 from __future__ import annotations
 
+import heapq
 import json
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +156,74 @@ class ProfileWindow:
             f"by CPU time:\n{events.table(sort_by='cpu_time_total', row_limit=25)}\n"
         )
         ops = self.folder / f"rank{self.rank}_ops.txt"
-        ops.write_text(table)
-        self.prof.export_chrome_trace(str(self.folder / f"rank{self.rank}_trace.json"))
+        trace = self.folder / f"rank{self.rank}_trace.json"
+        self.prof.export_chrome_trace(str(trace))
         self.prof = None
+        ops.write_text(table + device_idle_report(json.loads(trace.read_text())))
         return ops
+
+
+_DEVICE_EVENTS = ("kernel", "gpu_memcpy", "gpu_memset")
+_HOST_EVENTS = ("user_annotation", "cpu_op")
+
+
+def device_idle_report(trace: dict, min_gap_us: float = 5.0, top: int = 15) -> str:
+    """Where the device sat idle in a profiled window, from its Chrome / Kineto trace: the share of the
+    window (first to last device event) in which no kernel, copy or memset ran on any stream, the longest
+    gaps, and what the host was doing in them: for each gap of at least `min_gap_us`, the innermost host
+    operator or `record_function` range open at its middle (the trainer labels its phases "train: ...").
+    '' when the trace holds no device events (a CPU run)."""
+    events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and "dur" in e]
+    device = sorted(
+        (float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in events if e.get("cat") in _DEVICE_EVENTS
+    )
+    if not device:
+        return ""
+    busy: list[list[float]] = []
+    for start, end in device:  # union of the device intervals over all streams
+        if busy and start <= busy[-1][1]:
+            busy[-1][1] = max(busy[-1][1], end)
+        else:
+            busy.append([start, end])
+    gaps = [(a[1], b[0]) for a, b in zip(busy, busy[1:]) if b[0] - a[1] >= min_gap_us]
+    window = busy[-1][1] - busy[0][0]
+    idle = sum(b - a for a, b in gaps)
+    host = sorted(
+        (float(e["ts"]), float(e["ts"]) + float(e["dur"]), e.get("name", "?"), e.get("cat"))
+        for e in events
+        if e.get("cat") in _HOST_EVENTS
+    )
+    by_innermost: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    by_phase: dict[str, float] = defaultdict(float)
+    longest = []
+    open_: list[tuple[float, float, float, str, str]] = []  # heap by end: (end, start, dur, name, cat)
+    i = 0
+    for start, end in gaps:  # gaps are in time order: sweep the host ranges open at each gap's middle
+        mid = (start + end) / 2
+        while i < len(host) and host[i][0] <= mid:
+            h = host[i]
+            heapq.heappush(open_, (h[1], h[0], h[1] - h[0], h[2], h[3]))
+            i += 1
+        while open_ and open_[0][0] < mid:
+            heapq.heappop(open_)
+        inner = min(open_, key=lambda h: h[2])[3] if open_ else "(no host range open)"
+        by_innermost[inner][0] += end - start
+        by_innermost[inner][1] += 1
+        for h in open_:
+            if h[4] == "user_annotation" and h[3].startswith("train: "):
+                by_phase[h[3]] += end - start
+        longest.append((end - start, inner))
+    lines = [
+        f"device idle: {idle / 1e3:.1f} of {window / 1e3:.1f} ms ({100 * idle / max(window, 1e-9):.1f}%) in "
+        f"{len(gaps)} gaps of >= {min_gap_us:g} us between the first and the last device event",
+        "idle by trainer phase open (record_function 'train: ...'):",
+        *(f"  {name:40} {ms / 1e3:9.2f} ms" for name, ms in sorted(by_phase.items(), key=lambda kv: -kv[1])),
+        "idle by the innermost host range open at each gap's middle:",
+        *(
+            f"  {name[:60]:60} {v[0] / 1e3:9.2f} ms in {v[1]:5d} gaps"
+            for name, v in sorted(by_innermost.items(), key=lambda kv: -kv[1][0])[:top]
+        ),
+        "longest gaps:",
+        *(f"  {d / 1e3:9.2f} ms  {name[:80]}" for d, name in sorted(longest, reverse=True)[:5]),
+    ]
+    return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from worldsim.models.config import WorldModelConfig
@@ -295,23 +296,28 @@ def _train(
             )
             bar.total = last_iter
         profile.before(step)
+        # (the record_function labels name the phases in a profile's device-idle report)
         for micro in range(t.grad_accum):
-            batch = next(data)
+            with record_function("train: data"):
+                batch = next(data)
+                video = batch["video"].to(device, non_blocking=True)
+                action = batch["action"].to(device, non_blocking=True)
             root.set_requires_gradient_sync(micro == t.grad_accum - 1)  # reduce-scatter once per step
-            loss, logs = root(
-                batch["video"].to(device, non_blocking=True), batch["action"].to(device, non_blocking=True)
-            )
-            (loss / t.grad_accum).backward()
+            with record_function("train: forward + backward"):
+                loss, logs = root(video, action)
+                (loss / t.grad_accum).backward()
             loss_sum = loss_sum + loss.detach().float() / t.grad_accum
             for k, v in logs.items():
                 logs_sum[k] = logs_sum.get(k, 0.0) + v.float() / t.grad_accum
-        grad_norm = clip_gradients(params, t.clip_grad_norm)
-        finite &= torch.isfinite(grad_norm)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update(step)
+        with record_function("train: optimizer"):
+            grad_norm = clip_gradients(params, t.clip_grad_norm)
+            finite &= torch.isfinite(grad_norm)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        with record_function("train: ema"):
+            ema.update(step)
         window_steps += 1
         if (ops := profile.after(step)) and main:
             tqdm.write(f"profile of iterations {t.profile_start}..{step}: {ops}")
