@@ -68,6 +68,10 @@ def test_lr_schedule_warms_up_then_decays_linearly():
         (["dataset.root=/d", "trainer.stop_after_minutes=-1"], "trainer.stop_after_minutes=-1"),
         (["dataset.root=/d", "trainer.motion_weight=-2"], "trainer.motion_weight=-2"),
         (["dataset.root=/d", "trainer.flex_forward_tile=48"], "trainer.flex_forward_tile=48"),
+        (
+            ["dataset.root=/d", "trainer.compile_mode=reduce-overhead"],
+            "trainer.compile_mode='reduce-overhead'",
+        ),
         (["experiment=bridge_small_decoder", "dataset.root=/d"], "load_path=''"),
         (["experiment=bridge_small_distill", "dataset.root=/d"], "load_path='': required for stage=distill"),
         (

@@ -25,6 +25,7 @@ from worldsim.models.flow import ATTENTION_BACKENDS
 STAGES = ("tokenizer", "decoder", "video2world", "action", "distill")
 PRECISIONS = ("auto", "bf16", "fp32")
 ATTENTIONS = ("auto", *ATTENTION_BACKENDS)  # auto: flex on CUDA, sdpa elsewhere
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")  # CUDA graphs do not mix with FSDP2's hooks
 POST_TRAINING_LR = 2**-14.5  # Cosmos-Predict2.5 action post-training learning rate
 
 
@@ -73,6 +74,9 @@ class TrainerConfig:
     val_batches: int = 2  # validation micro-batches per rank
     val_rollout_steps: int = 12  # frames of the validation rollout (dynamics stages)
     compile: bool = False  # torch.compile each transformer block and the tokenizer's encoder and decoder
+    # torch.compile's mode for them: "default", or "max-autotune-no-cudagraphs" (inductor times Triton
+    # templates for the matmuls and flex-attention's tiles itself: minutes more to compile)
+    compile_mode: str = "default"
     # How the dynamics stages apply the block-causal training mask: flex (flex-attention, skips the
     # tiles nobody attends; CUDA only, it has no CPU backward), sdpa (dense bool mask), auto (flex on CUDA)
     attention: str = "auto"
@@ -306,6 +310,7 @@ def check_config(cfg: TrainConfig) -> None:
     need(t.val_rollout_steps >= 0, "trainer.val_rollout_steps", "must be >= 0")
     need(t.precision in PRECISIONS, "trainer.precision", f"must be one of {list(PRECISIONS)}")
     need(t.attention in ATTENTIONS, "trainer.attention", f"must be one of {list(ATTENTIONS)}")
+    need(t.compile_mode in COMPILE_MODES, "trainer.compile_mode", f"must be one of {list(COMPILE_MODES)}")
     need(
         t.flex_forward_tile in FLEX_FORWARD_TILES,
         "trainer.flex_forward_tile",

@@ -71,13 +71,15 @@ def parallelize(
     param_dtype: torch.dtype,
     activation_checkpointing: bool = False,
     compile: bool = False,
+    compile_mode: str = "default",
 ) -> DeviceMesh:
     """Shard `world_model` (a submodule of `root`, whose forward computes the loss) with FSDP2, in place.
 
     Order matters: inner groups first (each transformer block, the encoder, the decoder), so that the
     root's group holds only what is left (embeddings, final layer) and its forward drives the rest.
     `compile` compiles each of those groups in place (parameter names do not change): the blocks, and
-    the encoder and decoder, which every stage runs (the dynamics stages encode each window's frames).
+    the encoder and decoder, which every stage runs (the dynamics stages encode each window's frames),
+    in torch.compile's `compile_mode`.
     """
     # A block returns its attention (k, v) for the KV cache; they are views, which FSDP2 warns about in
     # case of in-place edits. Training never edits them, so the warning is noise on every step.
@@ -89,12 +91,12 @@ def parallelize(
         if activation_checkpointing:
             block = checkpoint_wrapper(block)  # keys keep their names: DCP strips the wrapper prefix
         if compile:
-            block.compile()  # in place, so parameter names do not change
+            block.compile(mode=compile_mode)  # in place, so parameter names do not change
         fully_shard(block, mesh=mesh, mp_policy=mp)
         blocks[i] = block
     for part in (world_model.tokenizer.encoder, world_model.tokenizer.decoder):
         if compile:
-            part.compile()
+            part.compile(mode=compile_mode)
         fully_shard(part, mesh=mesh, mp_policy=mp)
     fully_shard(root, mesh=mesh, mp_policy=mp)
     return mesh

@@ -151,7 +151,7 @@ def build_teacher(
     dynamics = teacher.dynamics.to(info.device)
     if cfg.trainer.compile:
         for block in dynamics.blocks:
-            block.compile()
+            block.compile(mode=cfg.trainer.compile_mode)
     return dynamics
 
 
@@ -240,7 +240,7 @@ def _train(
     root = StageModule(
         model, cfg.stage, param_dtype, attention, t.motion_weight, teacher, t.distill_teacher_steps
     )
-    parallelize(root, model, device, param_dtype, t.activation_checkpointing, t.compile)
+    parallelize(root, model, device, param_dtype, t.activation_checkpointing, t.compile, t.compile_mode)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(model, cfg, device)
     last_iter = t.max_iter  # lowered once by a wall-clock budget (trainer.max_minutes)
