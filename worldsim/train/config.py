@@ -75,7 +75,8 @@ class TrainerConfig:
     val_rollout_steps: int = 12  # frames of the validation rollout (dynamics stages)
     compile: bool = False  # torch.compile each transformer block and the tokenizer's encoder and decoder
     # torch.compile's mode for them: "default", or "max-autotune-no-cudagraphs" (inductor times Triton
-    # templates for the matmuls and flex-attention's tiles itself: minutes more to compile)
+    # templates for the matmuls and flex-attention's tiles itself: minutes more to compile, and 0.5% on
+    # `base`'s dynamics training step on an H200, README "Training")
     compile_mode: str = "default"
     # How the dynamics stages apply the block-causal training mask: flex (flex-attention, skips the
     # tiles nobody attends; CUDA only, it has no CPU backward), sdpa (dense bool mask), auto (flex on CUDA)
