@@ -89,10 +89,52 @@ def _autotuned_flex_attention():  # noqa: ANN202
     return torch.compile(flex_attention, dynamic=False, mode="max-autotune-no-cudagraphs")
 
 
+def chunked_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, n: int
+) -> torch.Tensor:
+    """The block-causal attention as dense SDPA calls, with no mask: a kernel that takes none (flash,
+    cuDNN) can run each. Query frames are grouped by how many key frames they may attend; each group's key
+    frames are gathered into one contiguous window per query frame (a copy; its backward sums the copies'
+    gradients), the group folded into the batch. q, k, v (B, H, L, Dh) with L = frames x n; allowed
+    (frames, frames) bool, query frame x key frame."""
+    B, H, L, D = q.shape
+    frames = L // n
+    qf, kf, vf = (t.view(B, H, frames, n, D) for t in (q, k, v))
+    groups: dict[int, list[tuple[int, list[int]]]] = {}
+    for f in range(frames):
+        keys = allowed[f].nonzero().flatten().tolist()
+        groups.setdefault(len(keys), []).append((f, keys))
+    pieces, order = [], []
+    for m, members in groups.items():
+        g = len(members)
+        qi = torch.tensor([f for f, _ in members], device=q.device)
+        ki = torch.tensor([keys for _, keys in members], device=q.device).flatten()  # (g * m,)
+        out = F.scaled_dot_product_attention(  # the group folded into the batch: (B * g, H, tokens, Dh)
+            qf[:, :, qi].transpose(1, 2).reshape(B * g, H, n, D),
+            kf[:, :, ki].reshape(B, H, g, m * n, D).transpose(1, 2).reshape(B * g, H, m * n, D),
+            vf[:, :, ki].reshape(B, H, g, m * n, D).transpose(1, 2).reshape(B * g, H, m * n, D),
+        )  # (B * g, H, n, D)
+        pieces.append(out.view(B, g, H, n, D))
+        order += [f for f, _ in members]
+    out = torch.cat(pieces, dim=1)[:, torch.tensor(order, device=q.device).argsort()]  # (B, frames, H, n, D)
+    return out.permute(0, 2, 1, 3, 4).reshape(B, H, L, D)
+
+
 def make_attend(cfg, allowed: torch.Tensor, block: int | None, tile: str, flex):  # noqa: ANN001, ANN201
     """(attend(q, k, v), % of tiles skipped): flex-attention with `block`-sized mask blocks and `tile`-sized
     kernel tiles (None: the defaults), or (block None) SDPA with the dense token mask."""
     n = cfg.tokens_per_frame
+    if block == 0:  # dense SDPA calls over gathered key windows, the backend SDPA picks or `tile`'s
+        attend = functools.partial(chunked_attention, allowed=allowed, n=n)
+        if not tile:
+            return attend, None
+        backend = getattr(torch.nn.attention.SDPBackend, tile.upper())
+
+        def with_backend(q, k, v):  # noqa: ANN001, ANN202
+            with torch.nn.attention.sdpa_kernel(backend):
+                return attend(q, k, v)
+
+        return with_backend, None
     if block is None:
         dense = frame_mask_to_tokens(allowed, n)
         return functools.partial(F.scaled_dot_product_attention, attn_mask=dense), None
@@ -172,7 +214,9 @@ def main() -> None:
         default=["128", "128/64f", "128/32f", "128/64"],
         help="MASK_BLOCK[/KERNEL_TILE] per flex variant: no tile = flex-attention's defaults, 64 = forward and "
         "backward tiles 64, 64f = the forward's alone, 64f+b32x64 = also the backward's, K=V,K=V = any kernel "
-        "options, autotune = inductor's max-autotune choice (see kernel_options)",
+        "options, autotune = inductor's max-autotune choice (see kernel_options); chunked[/BACKEND] = the "
+        "attention as dense SDPA calls over gathered key windows (chunked_attention; BACKEND e.g. "
+        "cudnn_attention, flash_attention)",
     )
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--no-sdpa", action="store_true", help="skip the dense-mask SDPA reference")
@@ -220,6 +264,9 @@ def main() -> None:
     variants = []
     for spec in args.variants:
         block, _, tile = spec.partition("/")
+        if block == "chunked":  # "chunked" or e.g. "chunked/cudnn_attention": SDPA calls, no mask
+            variants.append((f"sdpa chunks, {tile or 'any'} backend", 0, tile))
+            continue
         variants.append((f"flex {block} mask, {tile or 'default'} tiles", int(block), tile))
     if not args.no_sdpa:
         variants.append(("sdpa, dense mask", None, ""))
