@@ -134,7 +134,7 @@ PRESETS: dict[str, WorldModelConfig] = {
         decoder_channels=(256, 128, 64, 32),
         dim=768,
         depth=12,
-        # Heads of 128, as Cosmos-Predict2.5 and `2b`: the block-causal training attention runs 1.49x faster
+        # Heads of 128, as Cosmos-Predict2.5 and `2b`: the block-causal training attention runs 1.44x faster
         # than with 12 heads of 64 (forward + backward, H200), a whole training step 1.17x (README, "Training")
         heads=6,
         denoise_steps=4,
