@@ -60,9 +60,8 @@ def kernel_options(tile: str) -> dict | None:
     BLOCK_N2 = M for its query pass (e.g. "64f+b32x64")."""
     if not tile:
         return None
-    if (
-        "=" in tile
-    ):  # any of flex-attention's kernel options, e.g. "BLOCK_M=64,BLOCK_N=64,bwd_num_warps=8,USE_TMA=1"
+    # any of flex-attention's kernel options, e.g. "BLOCK_M=64,BLOCK_N=64,bwd_num_warps=8,USE_TMA=1"
+    if "=" in tile:
         return {k: _option_value(v) for k, _, v in (item.partition("=") for item in tile.split(","))}
     forward, _, backward = tile.partition("+b")
     keys = (
@@ -172,15 +171,11 @@ def train_step_rows(
             loss, _ = flow.loss(model.dynamics, z, a)
         loss.backward()
 
-    rows, tuned = [], TrainerConfig().flex_forward_tile
-    if tuned == -1:  # by head size, as the trainer resolves it
-        tuned = dynamics.flex_forward_tile_for(cfg.dim // cfg.heads)
+    # the training tiles as the trainer sets them (by head size unless trainer.flex_forward_tile says)
+    dynamics.set_flex_forward_tile(TrainerConfig().flex_forward_tile, cfg.dim // cfg.heads)
+    rows, training = [], dynamics.FLEX_KERNEL_OPTIONS
     if variants is None:
-        runs = [
-            ("default tiles", None),
-            ("training tiles", {"BLOCK_M": tuned, "BLOCK_N": tuned} if tuned else None),
-            ("default tiles", None),
-        ]
+        runs = [("default tiles", None), ("training tiles", training), ("default tiles", None)]
     else:
         runs = [(spec or "default tiles", kernel_options(spec)) for spec in variants] * 2
     try:
@@ -200,7 +195,7 @@ def train_step_rows(
                 flush=True,
             )
     finally:
-        dynamics.set_flex_forward_tile(TrainerConfig().flex_forward_tile, cfg.dim // cfg.heads)
+        dynamics.FLEX_KERNEL_OPTIONS = training
     return rows
 
 

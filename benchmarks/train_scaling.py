@@ -43,6 +43,8 @@ def run_one(args: argparse.Namespace, gpus: int, root: Path) -> dict:
     if proc.returncode != 0:
         sys.exit(f"{gpus} GPU run failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     metrics = next(root.rglob(f"{job}/metrics.jsonl"))
+    if (ops := metrics.parent / "profile" / "rank0_ops.txt").exists():  # trainer.profile_start=N
+        print(f"{ops}:\n{ops.read_text()}", flush=True)
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     steady = [r for r in records if "it_per_s" in r and r["iter"] > args.warmup]
     if not steady:
@@ -98,8 +100,6 @@ def main() -> None:
         for n in [int(g) for g in args.gpus.split(",")]:
             rows.append(run_one(args, n, root))
             print(json.dumps(rows[-1]), flush=True)
-            for ops in sorted(root.rglob(f"scaling_{args.experiment}_{n}gpu/profile/rank0_ops.txt")):
-                print(f"{ops}:\n{ops.read_text()}", flush=True)
     base = rows[0]
     print(
         f"\n{args.experiment} on {device}, {args.iters} steps ({args.warmup} warm-up), {' '.join(args.overrides)}"

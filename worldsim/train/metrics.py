@@ -196,22 +196,22 @@ def device_idle_report(trace: dict, min_gap_us: float = 5.0, top: int = 15) -> s
     by_innermost: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     by_phase: dict[str, float] = defaultdict(float)
     longest = []
-    open_: list[tuple[float, float, float, str, str]] = []  # heap by end: (end, start, dur, name, cat)
+    open_: list[tuple[float, float, str, str]] = []  # heap by end: (end, dur, name, cat)
     i = 0
     for start, end in gaps:  # gaps are in time order: sweep the host ranges open at each gap's middle
         mid = (start + end) / 2
         while i < len(host) and host[i][0] <= mid:
-            h = host[i]
-            heapq.heappush(open_, (h[1], h[0], h[1] - h[0], h[2], h[3]))
+            h_start, h_end, name, cat = host[i]
+            heapq.heappush(open_, (h_end, h_end - h_start, name, cat))
             i += 1
         while open_ and open_[0][0] < mid:
             heapq.heappop(open_)
-        inner = min(open_, key=lambda h: h[2])[3] if open_ else "(no host range open)"
+        inner = min(open_, key=lambda h: h[1])[2] if open_ else "(no host range open)"
         by_innermost[inner][0] += end - start
         by_innermost[inner][1] += 1
-        for h in open_:
-            if h[4] == "user_annotation" and h[3].startswith("train: "):
-                by_phase[h[3]] += end - start
+        for _, _, name, cat in open_:
+            if cat == "user_annotation" and name.startswith("train: "):
+                by_phase[name] += end - start
         longest.append((end - start, inner))
     lines = [
         f"device idle: {idle / 1e3:.1f} of {window / 1e3:.1f} ms ({100 * idle / max(window, 1e-9):.1f}%) in "

@@ -233,9 +233,8 @@ def _train(
 
     param_dtype = resolve_precision(t.precision, device)
     attention = resolve_attention(t.attention, device)
-    set_flex_forward_tile(
-        t.flex_forward_tile, model_cfg.dim // model_cfg.heads
-    )  # read when blocks are traced
+    # read when the blocks are traced
+    set_flex_forward_tile(t.flex_forward_tile, model_cfg.dim // model_cfg.heads)
     teacher = build_teacher(model_cfg, cfg, initial, info) if cfg.stage == "distill" else None
     root = StageModule(
         model, cfg.stage, param_dtype, attention, t.motion_weight, teacher, t.distill_teacher_steps
