@@ -21,6 +21,7 @@ import json
 import multiprocessing
 import warnings
 from collections import OrderedDict
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
@@ -215,8 +216,9 @@ class BridgeWindowDataset(Dataset):
             self._memmaps.popitem(last=False)
         return frames
 
-    def build_cache(self, workers: int = 1, progress: bool = True) -> int:
-        """Decode every episode not yet cached, in `workers` processes; returns how many were built.
+    def build_cache(self, workers: int = 1, progress: bool = True, only: Sequence[int] | None = None) -> int:
+        """Decode every episode not yet cached (of those in `only`, if given), in `workers` processes;
+        returns how many were built.
 
         A video that fails to decode (corrupt, wrong frame count) raises BridgeFormatError, unless the
         dataset was made with skip_bad=True: then the episode is dropped (with a warning) and the window
@@ -224,7 +226,7 @@ class BridgeWindowDataset(Dataset):
         """
         if not self.cache:
             raise RuntimeError("build_cache() on a dataset made with cache=False")
-        todo = [i for i in range(len(self.episodes)) if not self.is_cached(i)]
+        todo = [i for i in (range(len(self.episodes)) if only is None else only) if not self.is_cached(i)]
         bad: dict[int, str] = {}
         bar = tqdm(total=len(todo), desc=f"caching {self.split} frames", unit="ep", disable=not progress)
         pool = None

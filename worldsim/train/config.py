@@ -52,6 +52,9 @@ class DatasetConfig:
     num_workers: int = 0  # DataLoader worker processes per rank (0 = load in the training process)
     stride: int = 1  # step between window start frames
     cache_dir: str = ""  # decoded-frame cache; "" = ROOT/.cache/...
+    # dynamics stages: encode each episode once with the frozen encoder and train on the cached latent
+    # means (worldsim/train/latents.py) instead of encoding every window's frames at every step
+    latents: bool = True
 
 
 @dataclass

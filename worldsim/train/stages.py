@@ -66,21 +66,39 @@ class StageModule(nn.Module):
             p.requires_grad_(True)
 
     def forward(
-        self, video: torch.Tensor, action: torch.Tensor, reconstruct: bool = False
+        self,
+        video: torch.Tensor | None,
+        action: torch.Tensor,
+        reconstruct: bool = False,
+        latents: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """video: uint8 (B, F, 3, H, W); action: (B, F-1, 7) scaled model actions.
+        """video: uint8 (B, F, 3, H, W); action: (B, F-1, 7) scaled model actions. The dynamics stages
+        take the encoder's unnormalised latent means (B, F, C, h, w) instead of the frames, as
+        `worldsim.train.latents` caches them (video None).
 
         `reconstruct` (tokenizer stage, validation): the deterministic encode -> decode round trip's
         MSE and PSNR instead of the sampled training loss.
         """
+        if (video is None) == (latents is None):
+            raise ValueError("StageModule takes either video or latents")
+        if latents is not None and self.stage in RECONSTRUCTION_STAGES:
+            raise ValueError(f"stage {self.stage!r} trains on frames, not cached latents")
         low = self.compute_dtype != torch.float32
-        with torch.autocast(video.device.type, dtype=self.compute_dtype, enabled=low):
-            return self._loss(video, action, reconstruct)
+        with torch.autocast(action.device.type, dtype=self.compute_dtype, enabled=low):
+            return self._loss(video, action, reconstruct, latents)
 
     def _loss(
-        self, video: torch.Tensor, action: torch.Tensor, reconstruct: bool
+        self,
+        video: torch.Tensor | None,
+        action: torch.Tensor,
+        reconstruct: bool,
+        latents: torch.Tensor | None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        frames = to_model_frames(video)
+        if latents is not None:
+            latents = self.model.tokenizer.normalize(latents).float()  # as encode() gives them
+        else:
+            assert video is not None
+            frames = to_model_frames(video)
         if self.stage in RECONSTRUCTION_STAGES:
             frames = frames.flatten(0, 1)  # every frame of the window
             if not reconstruct:
@@ -89,8 +107,9 @@ class StageModule(nn.Module):
             mse = (tok.decoder(tok.moments(frames)[0]).float() - frames).pow(2).mean()
             psnr = 10 * torch.log10(4.0 / mse.clamp_min(1e-10))  # peak-to-peak range 2 in [-1, 1]
             return mse, {"recon_mse": mse.detach(), "recon_psnr": psnr.detach()}
-        with torch.no_grad():
-            latents = self.model.tokenizer.encode(frames).float()  # (B, F, C, h, w)
+        if latents is None:
+            with torch.no_grad():
+                latents = self.model.tokenizer.encode(frames).float()  # (B, F, C, h, w)
         if self.stage == "distill":
             return self.flow.distill_loss(
                 self.model.dynamics,
@@ -123,15 +142,17 @@ def latent_stats_are_default(model: WorldModel) -> bool:
 def set_latent_stats(model: WorldModel, batches: list[dict], device: torch.device) -> tuple[list, list]:
     """Set the tokenizer's per-channel latent shift / scale to the mean / std of its latent means.
 
-    Each rank encodes its own `batches`; sums are all-reduced so every rank sets the same buffers.
+    Each rank encodes its own `batches` (or reads their cached means); sums are all-reduced so every rank sets the same buffers.
     Called on the plain model before sharding (an FSDP2 submodule must not run before its root).
     """
     tok = model.tokenizer
     C = tok.latent_shift.numel()
     sums = torch.zeros(3, C, dtype=torch.float64, device=device)  # count, sum, sum of squares
     for batch in batches:
-        frames = to_model_frames(batch["video"].to(device)).flatten(0, 1)
-        mean, _ = tok.moments(frames)  # (N, C, h, w)
+        if "latents" in batch:  # cached means (worldsim.train.latents)
+            mean = batch["latents"].to(device).flatten(0, 1).float()
+        else:
+            mean, _ = tok.moments(to_model_frames(batch["video"].to(device)).flatten(0, 1))  # (N, C, h, w)
         m = mean.double().transpose(0, 1).flatten(1)  # (C, N*h*w)
         sums[0] += m.shape[1]
         sums[1] += m.sum(1)

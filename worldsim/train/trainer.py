@@ -31,6 +31,7 @@ from worldsim.train.config import TrainConfig
 from worldsim.train.data import DataPosition, TrainStream, make_datasets, val_batches
 from worldsim.train.ema import EMA
 from worldsim.train.initial_weights import InitialWeights, inspect_load_path
+from worldsim.train.latents import cache_latents
 from worldsim.train.metrics import MetricsLog, ProfileWindow, peak_flops, train_flops_per_window
 from worldsim.train.parallelize import (
     DistInfo,
@@ -216,6 +217,22 @@ def _train(
         (job_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
 
     model, note = build_model(model_cfg, cfg, initial, resume is not None, info)
+    param_dtype = resolve_precision(t.precision, device)
+    if cfg.dataset.latents and cfg.stage not in RECONSTRUCTION_STAGES:
+        if resume is not None:  # the frozen tokenizer the checkpoint holds, read before sharding
+            inspect_load_path(str(resume), model_cfg, cfg.stage, False, "tokenizer").load_into(model)
+        train_ds = cache_latents(
+            train_ds,
+            model.tokenizer,
+            cfg.dataset.cache_dir,
+            device,
+            param_dtype,
+            info.rank,
+            info.world_size,
+            workers=max(1, cfg.dataset.num_workers),
+            progress=main,
+        )
+        note += f"\ntraining on cached latents: {train_ds.folder}"
     stream = TrainStream(
         train_ds,
         t.batch_size,
@@ -231,7 +248,6 @@ def _train(
         mu, std = set_latent_stats(model, sample, device)
         note += f"\nlatent stats set from training frames: shift {np.round(mu, 3)}, scale {np.round(std, 3)}"
 
-    param_dtype = resolve_precision(t.precision, device)
     attention = resolve_attention(t.attention, device)
     # read when the blocks are traced
     set_flex_forward_tile(t.flex_forward_tile, model_cfg.dim // model_cfg.heads)
@@ -299,11 +315,14 @@ def _train(
         for micro in range(t.grad_accum):
             with record_function("train: data"):
                 batch = next(data)
-                video = batch["video"].to(device, non_blocking=True)
+                # frames, or (dataset.latents) the encoder's cached latent means
+                inputs = {
+                    k: batch[k].to(device, non_blocking=True) for k in ("video", "latents") if k in batch
+                }
                 action = batch["action"].to(device, non_blocking=True)
             root.set_requires_gradient_sync(micro == t.grad_accum - 1)  # reduce-scatter once per step
             with record_function("train: forward + backward"):
-                loss, logs = root(video, action)
+                loss, logs = root(inputs.get("video"), action, latents=inputs.get("latents"))
                 (loss / t.grad_accum).backward()
             loss_sum = loss_sum + loss.detach().float() / t.grad_accum
             for k, v in logs.items():
