@@ -63,6 +63,21 @@ def _save_npy(path: str, array: np.ndarray) -> None:
         np.save(f, array)
 
 
+def write_cache_entry(npy: Path, sidecar: Path, array: np.ndarray, key: dict[str, Any]) -> None:
+    """A cache entry, each file atomically: the array first, then the sidecar JSON that marks it complete."""
+    npy.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(npy, lambda tmp: _save_npy(tmp, array))
+    atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(key)))
+
+
+def cache_entry_is_current(npy: Path, sidecar: Path, key: dict[str, Any]) -> bool:
+    """True if the entry's array exists and its sidecar records exactly `key`."""
+    try:
+        return npy.is_file() and json.loads(sidecar.read_text()) == key
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 class BridgeWindowDataset(Dataset):
     """Map-style dataset of (1 + N)-frame windows, every `stride`-th start frame of every long-enough episode.
 
@@ -176,11 +191,7 @@ class BridgeWindowDataset(Dataset):
 
     def is_cached(self, i: int) -> bool:
         """True if episode i has a complete cache entry matching its current video."""
-        npy, sidecar = self.cache_paths(i)
-        try:
-            return npy.is_file() and json.loads(sidecar.read_text()) == self._source_key(i)
-        except (OSError, json.JSONDecodeError):
-            return False
+        return cache_entry_is_current(*self.cache_paths(i), self._source_key(i))
 
     def _decode(self, i: int) -> np.ndarray:
         """Decode and resize episode i: (T, 3, H, W) uint8. Checks the frame count against the JSON."""
@@ -188,12 +199,7 @@ class BridgeWindowDataset(Dataset):
 
     def _build_entry(self, i: int) -> None:
         """Decode episode i and write its cache entry atomically (frames first, then the sidecar)."""
-        frames = self._decode(i)
-        npy, sidecar = self.cache_paths(i)
-        npy.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(npy, lambda tmp: _save_npy(tmp, frames))
-        key = self._source_key(i)
-        atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(key)))
+        write_cache_entry(*self.cache_paths(i), self._decode(i), self._source_key(i))
 
     def _episode_video(self, i: int) -> np.ndarray:
         """Episode i's (T, 3, H, W) uint8 frames: a memmap of the cache, or a fresh decode if cache=False."""

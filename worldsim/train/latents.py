@@ -20,7 +20,6 @@ wait for each other before reading.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,8 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from worldsim.atomic import atomic_write
 from worldsim.data.bridge import BridgeFormatError
-from worldsim.data.dataset import BridgeWindowDataset
+from worldsim.data.dataset import BridgeWindowDataset, cache_entry_is_current, write_cache_entry
 from worldsim.models.tokenizer import Tokenizer
 
 _MAX_OPEN_MEMMAPS = 256
@@ -80,26 +78,14 @@ class LatentWindowDataset(Dataset):
         return {"source": self.frames._source_key(i), "encoder": self.digest, "dtype": str(self.dtype)}
 
     def is_cached(self, i: int) -> bool:
-        npy, sidecar = self.paths(i)
-        try:
-            return npy.is_file() and json.loads(sidecar.read_text()) == self._key(i)
-        except (OSError, json.JSONDecodeError):
-            return False
+        return cache_entry_is_current(*self.paths(i), self._key(i))
 
     def write(self, i: int, means: torch.Tensor) -> None:
         """Store episode i's (T, C, h, w) means: the array first, then the sidecar that validates it."""
         means = means.detach().cpu().contiguous()
         bf16 = self.dtype == torch.bfloat16
         array = means.view(torch.int16).numpy().view(np.uint16) if bf16 else means.numpy()
-        npy, sidecar = self.paths(i)
-
-        def save(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                np.save(f, array)
-
-        atomic_write(npy, save)
-        key = self._key(i)
-        atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(key)))
+        write_cache_entry(*self.paths(i), array, self._key(i))
 
     def episode_latents(self, i: int) -> np.ndarray:
         """Episode i's stored means, (T, C, h, w), as a read-only memmap."""
