@@ -142,7 +142,8 @@ def latent_stats_are_default(model: WorldModel) -> bool:
 def set_latent_stats(model: WorldModel, batches: list[dict], device: torch.device) -> tuple[list, list]:
     """Set the tokenizer's per-channel latent shift / scale to the mean / std of its latent means.
 
-    Each rank encodes its own `batches` (or reads their cached means); sums are all-reduced so every rank sets the same buffers.
+    Each rank encodes its own `batches` (or reads their cached means); sums are all-reduced so every rank
+    sets the same buffers.
     Called on the plain model before sharding (an FSDP2 submodule must not run before its root).
     """
     tok = model.tokenizer
