@@ -21,7 +21,7 @@ import json
 import multiprocessing
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
@@ -68,6 +68,18 @@ def write_cache_entry(npy: Path, sidecar: Path, array: np.ndarray, key: dict[str
     npy.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(npy, lambda tmp: _save_npy(tmp, array))
     atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(key)))
+
+
+def lru_memmap(open_maps: OrderedDict[int, np.ndarray], i: int, load: Callable[[], np.ndarray]) -> np.ndarray:
+    """`open_maps[i]`, or `load()` kept there; past `_MAX_OPEN_MEMMAPS` the least recently used is dropped
+    (an open memmap holds a file descriptor). `open_maps` is per process: not pickled into workers."""
+    if i in open_maps:
+        open_maps.move_to_end(i)
+        return open_maps[i]
+    array = open_maps[i] = load()
+    if len(open_maps) > _MAX_OPEN_MEMMAPS:
+        open_maps.popitem(last=False)
+    return array
 
 
 def cache_entry_is_current(npy: Path, sidecar: Path, key: dict[str, Any]) -> bool:
@@ -205,9 +217,10 @@ class BridgeWindowDataset(Dataset):
         """Episode i's (T, 3, H, W) uint8 frames: a memmap of the cache, or a fresh decode if cache=False."""
         if not self.cache:
             return self._decode(i)
-        if i in self._memmaps:
-            self._memmaps.move_to_end(i)
-            return self._memmaps[i]
+        return lru_memmap(self._memmaps, i, lambda: self._open_entry(i))
+
+    def _open_entry(self, i: int) -> np.ndarray:
+        """Episode i's cache entry as a memmap, built first if missing or stale, its shape checked."""
         if not self.is_cached(i):
             self._build_entry(i)
         frames = np.load(self.cache_paths(i)[0], mmap_mode="r")
@@ -217,9 +230,6 @@ class BridgeWindowDataset(Dataset):
                 f"{self.cache_paths(i)[0]}: cache entry has {frames.shape} {frames.dtype}, expected {expected} "
                 "uint8; delete it to rebuild"
             )
-        self._memmaps[i] = frames
-        if len(self._memmaps) > _MAX_OPEN_MEMMAPS:
-            self._memmaps.popitem(last=False)
         return frames
 
     def build_cache(self, workers: int = 1, progress: bool = True, only: Sequence[int] | None = None) -> int:

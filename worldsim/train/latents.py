@@ -31,10 +31,9 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from worldsim.data.bridge import BridgeFormatError
-from worldsim.data.dataset import BridgeWindowDataset, cache_entry_is_current, write_cache_entry
+from worldsim.data.dataset import BridgeWindowDataset, cache_entry_is_current, lru_memmap, write_cache_entry
 from worldsim.models.tokenizer import Tokenizer
 
-_MAX_OPEN_MEMMAPS = 256
 _STORED = {torch.bfloat16: np.uint16, torch.float32: np.float32}  # bf16 kept bit for bit as uint16
 
 
@@ -89,9 +88,9 @@ class LatentWindowDataset(Dataset):
 
     def episode_latents(self, i: int) -> np.ndarray:
         """Episode i's stored means, (T, C, h, w), as a read-only memmap."""
-        if i in self._memmaps:
-            self._memmaps.move_to_end(i)
-            return self._memmaps[i]
+        return lru_memmap(self._memmaps, i, lambda: self._open(i))
+
+    def _open(self, i: int) -> np.ndarray:
         npy = self.paths(i)[0]
         try:
             array = np.load(npy, mmap_mode="r")
@@ -108,9 +107,6 @@ class LatentWindowDataset(Dataset):
                 f"{npy}: latent cache entry has {array.shape} {array.dtype}, expected "
                 f"({self.frames.episodes[i].num_frames}, C, h, w) {np.dtype(_STORED[self.dtype])}; delete it to rebuild"
             )
-        self._memmaps[i] = array
-        if len(self._memmaps) > _MAX_OPEN_MEMMAPS:
-            self._memmaps.popitem(last=False)
         return array
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -167,8 +163,7 @@ def cache_latents(
             means = []
             for s in range(0, video.shape[0], chunk):
                 x = torch.from_numpy(np.array(video[s : s + chunk])).to(device).float() / 127.5 - 1.0
-                mean, _ = tokenizer.moments(x)
-                means.append(mean if low else mean.float())
+                means.append(tokenizer.moments(x)[0])  # in the dtype the encoder gives under autocast
             out.write(i, torch.cat(means).to(dtype))
             bar.update(1)
     tokenizer.train(was_training)
